@@ -1,0 +1,1 @@
+"""codellm_jax: pretrain, finetune, align, decode and evaluate code LLMs in JAX/Flax."""

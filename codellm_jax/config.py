@@ -1,0 +1,79 @@
+"""Helpers for `configs/*.py`: parse the `:arg` of `--config=file.py:arg`, and the one place
+where ConfigDicts become the frozen dataclasses that the core takes.
+
+Configs are Python files exposing `get_config(arg=None) -> ml_collections.ConfigDict`.
+The ConfigDict stops here: models, losses and decoding take frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import ml_collections
+
+T = TypeVar('T')
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
+    """Parses `'size=8b,scan=True'` into a dict, starting from `defaults`.
+
+    Values are Python literals when they parse as one, else strings. Unknown keys are an
+    error naming the key and the known ones.
+    """
+    out = dict(defaults)
+    if not arg:
+        return out
+    for item in arg.split(','):
+        if not item.strip():
+            continue
+        if '=' not in item:
+            raise ValueError(f'Config arg {item!r} is not key=value (in {arg!r}).')
+        key, value = (s.strip() for s in item.split('=', 1))
+        if defaults and key not in defaults:
+            raise ValueError(
+                f'Unknown config arg {key!r} in {arg!r}; known args: {sorted(defaults)}.'
+            )
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def to_dataclass(cls: type[T], cfg: Mapping[str, Any] | ml_collections.ConfigDict) -> T:
+    """Builds frozen dataclass `cls` from a ConfigDict, naming unknown or missing fields."""
+    if isinstance(cfg, ml_collections.ConfigDict):
+        cfg = cfg.to_dict()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(cfg) - set(fields))
+    if unknown:
+        raise ValueError(
+            f'Unknown key(s) {unknown} for {cls.__name__}; known keys: {sorted(fields)}.'
+        )
+    kwargs = {}
+    for name, value in cfg.items():
+        sub = _dataclass_type(hints[name])
+        if sub is not None and isinstance(value, Mapping):
+            value = to_dataclass(sub, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ValueError(f'Cannot build {cls.__name__} from config: {e}') from e
+
+
+def _dataclass_type(field_type: Any) -> type | None:
+    """The dataclass inside a resolved field annotation like `X` or `X | None`."""
+    if dataclasses.is_dataclass(field_type):
+        return field_type
+    for arg in typing.get_args(field_type):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None

@@ -1,0 +1,1 @@
+"""codellm_jax.interop."""
