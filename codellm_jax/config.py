@@ -77,3 +77,34 @@ def _dataclass_type(field_type: Any) -> type | None:
         if dataclasses.is_dataclass(arg):
             return arg
     return None
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Sections every experiment config has; `configs/*.py` start from this.
+
+    `model_kind` selects the model family ('decoder' or 'encoder_decoder'); `model` holds the
+    fields of the matching dataclass in `codellm_jax.models.model_config`; `mesh` the device
+    mesh and the logical-axis rules (see `codellm_jax.sharding`). The training issue adds
+    `data`, `train`, `optimizer`, `checkpoint`, ...
+    """
+    from codellm_jax import axes
+
+    cfg = ml_collections.ConfigDict()
+    cfg.model_kind = 'decoder'
+    cfg.model = ml_collections.ConfigDict()
+    cfg.mesh = ml_collections.ConfigDict()
+    # Sizes of ('data', 'fsdp', 'tensor'); -1 = fill with the remaining devices.
+    cfg.mesh.shape = (1, -1, 1)
+    cfg.mesh.axes = axes.MESH_AXES
+    cfg.mesh.rules = axes.DEFAULT_RULES
+    return cfg
+
+
+def model_config(cfg: ml_collections.ConfigDict):
+    """`cfg.model` as a `DecoderConfig` or `EncoderDecoderConfig` by `cfg.model_kind`."""
+    from codellm_jax.models import model_config as mc
+
+    kinds = {'decoder': mc.DecoderConfig, 'encoder_decoder': mc.EncoderDecoderConfig}
+    if cfg.model_kind not in kinds:
+        raise ValueError(f'Unknown model_kind {cfg.model_kind!r}; expected one of {sorted(kinds)}.')
+    return to_dataclass(kinds[cfg.model_kind], cfg.model)
