@@ -108,3 +108,51 @@ def model_config(cfg: ml_collections.ConfigDict):
     if cfg.model_kind not in kinds:
         raise ValueError(f'Unknown model_kind {cfg.model_kind!r}; expected one of {sorted(kinds)}.')
     return to_dataclass(kinds[cfg.model_kind], cfg.model)
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/config.py[:arg]` the way `--config=` does, without absl flags.
+
+    Returns the locked ConfigDict that `get_config(arg)` builds.
+    """
+    import importlib.util
+    import os
+
+    path, _, arg = spec.partition(':')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'Config file {path!r} does not exist (from {spec!r}).')
+    module_spec = importlib.util.spec_from_file_location(f'_codellm_config_{abs(hash(path))}', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+        raise ValueError(f'Config file {path!r} has no get_config(arg) function.')
+    cfg = module.get_config(arg or None) if arg else module.get_config()
+    cfg.lock()
+    return cfg
+
+
+def apply_overrides(
+    cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """Returns a copy of `cfg` with dotted-key overrides (`{'train.lr': 1e-3}`) applied.
+
+    An unknown key or a value of the wrong type is an error that names the key.
+    """
+    out = ml_collections.ConfigDict(cfg.to_dict(), type_safe=True)
+    out.lock()
+    for key, value in overrides.items():
+        parts = key.split('.')
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise KeyError(f'Unknown config key {".".join(parts[: i + 1])!r} (in {key!r}).')
+            node = node[part]
+        if parts[-1] not in node:
+            raise KeyError(
+                f'Unknown config key {key!r}; keys at that level: {sorted(node.keys())}.'
+            )
+        try:
+            setattr(node, parts[-1], value)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f'Config key {key!r}: {e}') from e
+    return out
