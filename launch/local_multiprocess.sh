@@ -4,7 +4,7 @@
 # Usage:
 #   launch/local_multiprocess.sh N CONFIG WORKDIR [extra main.py flags...]
 # Example:
-#   launch/local_multiprocess.sh 2 configs/llama3.py:size=tiny workdirs/mp --config.train.steps=10
+#   launch/local_multiprocess.sh 2 configs/llama3.py:size=tiny workdirs/mp --config.train.num_steps=10
 set -euo pipefail
 N=${1:?number of processes}; CONFIG=${2:?config}; WORKDIR=${3:?workdir}; shift 3
 PORT=${PORT:-12355}
