@@ -1,0 +1,229 @@
+"""Reusable transformer pieces: RMSNorm, rotary embedding, attention core, SwiGLU, remat.
+
+Everything here is shape-generic and knows nothing of a particular model's parameter tree
+beyond its own leaves. Parameters are created with logical axis names (`codellm_jax.axes`)
+so that `codellm_jax.sharding` can map them onto a mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from codellm_jax import axes
+from codellm_jax.models.model_config import RopeScaling
+
+# Large finite negative used for masked attention logits: a row whose keys are all masked
+# then yields a finite (uniform) distribution instead of NaN.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+REMAT_POLICIES = ('none', 'full', 'dots', 'dots_no_batch')
+
+
+def as_dtype(name: str | jnp.dtype) -> jnp.dtype:
+    """`'float32'` / `'bfloat16'` / a dtype → a numpy dtype, with a clear error otherwise."""
+    try:
+        return jnp.dtype(name)
+    except TypeError as e:
+        raise ValueError(f'Unknown dtype {name!r}; use e.g. "float32" or "bfloat16".') from e
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (no mean, no bias), computed in float32.
+
+    Param 'scale' [D], logical ('embed',), initialised to ones. Output dtype is `dtype`.
+    """
+
+    eps: float = 1e-6
+    dtype: jnp.dtype | str = jnp.float32
+    param_dtype: jnp.dtype | str = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        scale_D = self.param(
+            'scale',
+            nn.with_logical_partitioning(nn.initializers.ones, (axes.EMBED,)),
+            (x_BxTxD.shape[-1],),
+            as_dtype(self.param_dtype),
+        )
+        x32 = x_BxTxD.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(var + self.eps)
+        dtype = as_dtype(self.dtype)
+        # Like HF Llama: normalise in f32, cast, then scale in the compute dtype.
+        return y.astype(dtype) * scale_D.astype(dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
+    """Inverse frequencies [Dh/2] (float32) of RoPE, with Llama-3.1 scaling when given.
+
+    Matches HF `rope_type='llama3'`: wavelengths longer than
+    `original_max_position_embeddings / low_freq_factor` are divided by `factor`, shorter
+    than `... / high_freq_factor` kept, and those in between interpolated smoothly.
+    """
+    if head_dim % 2:
+        raise ValueError(f'RoPE needs an even head_dim, got {head_dim}.')
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if scaling is None:
+        return inv_freq.astype(np.float32)
+    old_len = float(scaling.original_max_position_embeddings)
+    low_wavelen = old_len / scaling.low_freq_factor
+    high_wavelen = old_len / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_len / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotates q or k by position, HF "rotate_half" convention (halves, not interleaved).
+
+    Computed in float32, returned in `x`'s dtype.
+    """
+    angles_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+    angles_BxTx1xDh = jnp.concatenate([angles_BxTxF, angles_BxTxF], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles_BxTx1xDh), jnp.sin(angles_BxTx1xDh)
+    x = x_BxTxNxDh.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x * cos + rotated * sin).astype(x_BxTxNxDh.dtype)
+
+
+def causal_segment_mask(segment_ids_BxT: jax.Array | None, batch: int, length: int) -> jax.Array:
+    """Bool mask [B, T, T]: query t sees key s iff s <= t and both have equal segment ids.
+
+    Padding (segment 0) only sees padding, so no row is ever empty.
+    """
+    causal_TxT = jnp.tril(jnp.ones((length, length), dtype=bool))
+    if segment_ids_BxT is None:
+        return jnp.broadcast_to(causal_TxT, (batch, length, length))
+    same_BxTxT = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
+    return same_BxTxT & causal_TxT[None]
+
+
+def cache_mask(positions_BxT: jax.Array, cache_len: int) -> jax.Array:
+    """Bool mask [B, T, S]: a query at position p sees cache slots j <= p."""
+    slots_S = jnp.arange(cache_len)
+    return slots_S[None, None, :] <= positions_BxT[:, :, None]
+
+
+def dot_product_attention(
+    q_BxTxHxDh: jax.Array,
+    k_BxSxKxDh: jax.Array,
+    v_BxSxKxDh: jax.Array,
+    mask_BxTxS: jax.Array,
+    scale: float | None = None,
+) -> jax.Array:
+    """Grouped-query attention; H % K == 0 (K == 1 is MQA). Softmax in float32.
+
+    Query head h uses kv head h // (H / K), as in HF `repeat_kv`. `scale` defaults to
+    1/sqrt(Dh); pass 1.0 for T5. Returns [B, T, H, Dh] in q's dtype.
+    """
+    b, t, h, dh = q_BxTxHxDh.shape
+    k = k_BxSxKxDh.shape[2]
+    if h % k:
+        raise ValueError(f'{h} query heads are not divisible by {k} key/value heads.')
+    if scale is None:
+        scale = dh**-0.5
+    q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh)
+    logits_BxKxGxTxS = jnp.einsum(
+        'btkgd,bskd->bkgts', q_BxTxKxGxDh, k_BxSxKxDh, preferred_element_type=jnp.float32
+    )
+    logits_BxKxGxTxS = logits_BxKxGxTxS * scale
+    logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, _MASK_VALUE)
+    probs = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(v_BxSxKxDh.dtype)
+    out_BxTxKxGxDh = jnp.einsum('bkgts,bskd->btkgd', probs, v_BxSxKxDh)
+    return out_BxTxKxGxDh.reshape(b, t, h, dh).astype(q_BxTxHxDh.dtype)
+
+
+class DenseGeneral(nn.Module):
+    """A bias-free einsum projection whose kernel has logical axis names.
+
+    `features` is the output shape; the kernel is [*in_dims(axes_in), *features]. The
+    einsum contracts the trailing `num_in` axes of the input.
+    """
+
+    features: tuple[int, ...]
+    logical_axes: tuple[str, ...]
+    num_in: int = 1
+    dtype: jnp.dtype | str = jnp.float32
+    param_dtype: jnp.dtype | str = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[x.ndim - self.num_in :]
+        fan_in = int(np.prod(in_shape))
+        fan_out = int(np.prod(self.features))
+
+        def init(rng, shape, dtype):
+            flat = self.kernel_init(rng, (fan_in, fan_out), dtype)
+            return flat.reshape(shape)
+
+        kernel = self.param(
+            'kernel',
+            nn.with_logical_partitioning(init, self.logical_axes),
+            (*in_shape, *self.features),
+            as_dtype(self.param_dtype),
+        )
+        dtype = as_dtype(self.dtype)
+        contract = tuple(range(x.ndim - self.num_in, x.ndim))
+        return jax.lax.dot_general(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            ((contract, tuple(range(self.num_in))), ((), ())),
+        )
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)); params 'gate','up' [D, F] and 'down' [F, D], no biases."""
+
+    d_ff: int
+    dtype: jnp.dtype | str = jnp.float32
+    param_dtype: jnp.dtype | str = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        d = x_BxTxD.shape[-1]
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        gate_BxTxF = DenseGeneral((self.d_ff,), (axes.EMBED, axes.MLP), name='gate', **kw)(x_BxTxD)
+        up_BxTxF = DenseGeneral((self.d_ff,), (axes.EMBED, axes.MLP), name='up', **kw)(x_BxTxD)
+        h_BxTxF = nn.silu(gate_BxTxF) * up_BxTxF
+        h_BxTxF = nn.with_logical_constraint(h_BxTxF, (axes.BATCH, axes.LENGTH, axes.MLP))
+        return DenseGeneral((d,), (axes.MLP, axes.EMBED), name='down', **kw)(h_BxTxF)
+
+
+def remat_policy(name: str) -> Callable | None:
+    """The `jax.checkpoint` policy for a config name; None means save nothing ('full').
+
+    Raises for 'none' (no remat at all: do not wrap) and unknown names.
+    """
+    policies = {
+        'full': None,
+        'dots': jax.checkpoint_policies.checkpoint_dots,
+        'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    }
+    if name not in policies:
+        raise ValueError(f'Unknown remat_policy {name!r}; expected one of {REMAT_POLICIES}.')
+    return policies[name]
+
+
+def maybe_remat(module_cls: type[nn.Module], policy_name: str, static_argnums=()) -> type:
+    """`nn.remat(module_cls)` with the named policy, or `module_cls` itself for 'none'."""
+    if policy_name == 'none':
+        return module_cls
+    return nn.remat(
+        module_cls,
+        policy=remat_policy(policy_name),
+        prevent_cse=False,
+        static_argnums=static_argnums,
+    )

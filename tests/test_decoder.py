@@ -1,0 +1,383 @@
+"""Oracles for the Llama-3 decoder: param counts, KV cache == full pass, causality by
+gradients, packed-segment isolation, scan == unrolled, remat == plain, layer references."""
+
+import dataclasses
+import importlib.util
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from codellm_jax import config as config_lib
+from codellm_jax.models import decoder, layers
+from codellm_jax.models.model_config import DecoderConfig, RopeScaling
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Jitted (cfg static): eager op-by-op dispatch would dominate the test time.
+_forward = jax.jit(decoder.forward, static_argnums=1)
+
+TINY = DecoderConfig(
+    vocab_size=256,
+    d_model=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    d_ff=128,
+    max_seq_len=64,
+    rope_theta=10000.0,
+)
+
+
+def _params(cfg, seed=0):
+    return jax.jit(decoder.init_params, static_argnums=0)(cfg, jax.random.key(seed))
+
+
+def _tokens(shape, seed=1, vocab=256):
+    return jax.random.randint(jax.random.key(seed), shape, 1, vocab)
+
+
+def _llama_config(size):
+    spec = importlib.util.spec_from_file_location('llama3_cfg', ROOT / 'configs' / 'llama3.py')
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return config_lib.model_config(mod.get_config(f'size={size}'))
+
+
+def _expected_count(c):
+    per_layer = (
+        2 * c.d_model  # two norms
+        + c.d_model * c.num_heads * c.head_dim * 2  # q, o
+        + c.d_model * c.num_kv_heads * c.head_dim * 2  # k, v
+        + 3 * c.d_model * c.d_ff  # gate, up, down
+    )
+    head = 0 if c.tie_embeddings else c.d_model * c.vocab_size
+    return c.vocab_size * c.d_model + c.num_layers * per_layer + c.d_model + head
+
+
+@pytest.mark.parametrize(
+    'size, exact, published',
+    [('8b', 8_030_261_248, 8.03e9), ('70b', 70_553_706_496, 70.55e9)],
+)
+def test_llama31_param_counts(size, exact, published):
+    cfg = _llama_config(size)
+    n = decoder.num_params(cfg)  # jax.eval_shape: nothing allocated
+    assert n == _expected_count(cfg) == exact
+    assert abs(n - published) / published < 0.005
+    shapes = decoder.param_shapes(cfg)
+    assert shapes['layers']['attn']['k']['kernel'].shape == (
+        cfg.num_layers,
+        cfg.d_model,
+        8,
+        128,
+    )
+    assert cfg.rope_scaling == RopeScaling(8.0, 1.0, 4.0, 8192)
+
+
+def test_param_layout_and_tied():
+    shapes = decoder.param_shapes(TINY)
+    got = jax.tree.map(lambda x: x.shape, shapes)
+    assert got == {
+        'embed': {'embedding': (256, 64)},
+        'layers': {
+            'attn_norm': {'scale': (2, 64)},
+            'attn': {
+                'q': {'kernel': (2, 64, 4, 16)},
+                'k': {'kernel': (2, 64, 2, 16)},
+                'v': {'kernel': (2, 64, 2, 16)},
+                'o': {'kernel': (2, 4, 16, 64)},
+            },
+            'mlp_norm': {'scale': (2, 64)},
+            'mlp': {
+                'gate': {'kernel': (2, 64, 128)},
+                'up': {'kernel': (2, 64, 128)},
+                'down': {'kernel': (2, 128, 64)},
+            },
+        },
+        'final_norm': {'scale': (64,)},
+        'lm_head': {'kernel': (64, 256)},
+    }
+    tied = dataclasses.replace(TINY, tie_embeddings=True)
+    params = _params(tied)
+    assert 'lm_head' not in params
+    assert decoder.num_params(tied) == _expected_count(tied)
+    # Tied logits are x @ E^T: zeroing the embedding row of token 7 zeroes logit 7.
+    emb = params['embed']['embedding'].at[7].set(0.0)
+    params = {**params, 'embed': {'embedding': emb}}
+    logits = _forward(params, tied, _tokens((1, 5), vocab=7))
+    np.testing.assert_array_equal(logits[..., 7], 0.0)
+
+
+def _reference_forward(params, cfg, tokens_BxT):
+    """Plain-numpy Llama forward (repeat_kv GQA, rotate_half RoPE) for one unpacked batch."""
+    p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+    x = p['embed']['embedding'][np.asarray(tokens_BxT)]
+    b, t, _ = x.shape
+    inv = layers.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling).astype(np.float64)
+    ang = np.arange(t)[:, None] * inv[None]
+    cos = np.cos(np.concatenate([ang, ang], -1))[None, :, None]
+    sin = np.sin(np.concatenate([ang, ang], -1))[None, :, None]
+
+    def rope(z):
+        z1, z2 = np.split(z, 2, -1)
+        return z * cos + np.concatenate([-z2, z1], -1) * sin
+
+    def norm(z, s):
+        return z / np.sqrt(np.mean(z**2, -1, keepdims=True) + cfg.norm_eps) * s
+
+    lay = p['layers']
+    rep = cfg.num_heads // cfg.num_kv_heads
+    causal = np.tril(np.ones((t, t), bool))
+    for i in range(cfg.num_layers):
+        h = norm(x, lay['attn_norm']['scale'][i])
+        q = rope(np.einsum('btd,dhk->bthk', h, lay['attn']['q']['kernel'][i]))
+        k = rope(np.einsum('btd,dhk->bthk', h, lay['attn']['k']['kernel'][i]))
+        v = np.einsum('btd,dhk->bthk', h, lay['attn']['v']['kernel'][i])
+        k, v = np.repeat(k, rep, axis=2), np.repeat(v, rep, axis=2)
+        s = np.einsum('bthk,bshk->bhts', q, k) / math.sqrt(cfg.head_dim)
+        s = np.where(causal, s, -np.inf)
+        a = np.exp(s - s.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        o = np.einsum('bhts,bshk->bthk', a, v)
+        x = x + np.einsum('bthk,hkd->btd', o, lay['attn']['o']['kernel'][i])
+        h = norm(x, lay['mlp_norm']['scale'][i])
+        g = h @ lay['mlp']['gate']['kernel'][i]
+        u = h @ lay['mlp']['up']['kernel'][i]
+        x = x + ((g / (1 + np.exp(-g))) * u) @ lay['mlp']['down']['kernel'][i]
+    x = norm(x, p['final_norm']['scale'])
+    return x @ p['lm_head']['kernel']
+
+
+@pytest.mark.parametrize('num_kv_heads', [4, 2, 1])
+def test_forward_matches_numpy_reference(num_kv_heads):
+    cfg = dataclasses.replace(
+        TINY, num_kv_heads=num_kv_heads, rope_scaling=RopeScaling(8.0, 1.0, 4.0, 16)
+    )
+    params = _params(cfg)
+    tokens = _tokens((2, 12))
+    got = _forward(params, cfg, tokens)
+    want = _reference_forward(params, cfg, tokens)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_rope_llama3_scaling_matches_hf():
+    torch = pytest.importorskip('torch')
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaling = RopeScaling(8.0, 1.0, 4.0, 8192)
+    hf_cfg = LlamaConfig(
+        hidden_size=4096,
+        num_attention_heads=32,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        rope_scaling=dict(
+            rope_type='llama3',
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+    )
+    hf_inv, _ = ROPE_INIT_FUNCTIONS['llama3'](hf_cfg, torch.device('cpu'))
+    ours = layers.rope_inv_freq(128, 500000.0, scaling)
+    np.testing.assert_allclose(ours, hf_inv.numpy(), rtol=1e-6)
+    plain = layers.rope_inv_freq(128, 500000.0, None)
+    assert not np.allclose(ours, plain)  # scaling really changes the low frequencies
+    np.testing.assert_allclose(ours[:8], plain[:8], rtol=1e-6)  # high freqs kept
+
+
+def _cfg(num_kv_heads, scan):
+    return dataclasses.replace(TINY, num_kv_heads=num_kv_heads, scan_layers=scan)
+
+
+KV_CASES = [(2, True), (2, False), (1, True), (1, False)]
+
+
+@pytest.mark.parametrize('num_kv_heads, scan', KV_CASES)
+def test_cache_decode_matches_forward(num_kv_heads, scan):
+    cfg = _cfg(num_kv_heads, scan)
+    params = _params(cfg)
+    b, t = 2, 10
+    tokens = _tokens((b, t))
+    full = _forward(params, cfg, tokens)
+    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
+    step = jax.jit(lambda p, x, q, c: decoder.forward_with_cache(p, cfg, x, q, c))
+
+    # Token by token from an empty cache.
+    cache = decoder.init_cache(cfg, b, 16)
+    outs = []
+    for i in range(t):
+        logits, cache = step(params, tokens[:, i : i + 1], pos[:, i : i + 1], cache)
+        outs.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-4, rtol=1e-4)
+
+    # Prefill 6, then steps.
+    cache = decoder.init_cache(cfg, b, 16)
+    logits, cache = step(params, tokens[:, :6], pos[:, :6], cache)
+    outs = [logits]
+    for i in range(6, t):
+        logits, cache = step(params, tokens[:, i : i + 1], pos[:, i : i + 1], cache)
+        outs.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-4, rtol=1e-4)
+    assert cache['self']['k'].shape == (2, b, 16, num_kv_heads, 16)
+
+
+@pytest.mark.parametrize('num_kv_heads, scan', KV_CASES)
+def test_ragged_prefill_in_one_call(num_kv_heads, scan):
+    cfg = _cfg(num_kv_heads, scan)
+    params = _params(cfg)
+    lengths = [3, 6, 1]
+    total = 9
+    seqs = _tokens((3, total), seed=5)
+    pad = 6
+    prompt = np.zeros((3, pad), np.int32)
+    for r, n in enumerate(lengths):
+        prompt[r, :n] = seqs[r, :n]
+    prompt = jnp.asarray(prompt)
+    step = jax.jit(lambda p, x, q, c: decoder.forward_with_cache(p, cfg, x, q, c))
+    cache = decoder.init_cache(cfg, 3, 16)
+    logits, cache = step(params, prompt, jnp.broadcast_to(jnp.arange(pad), (3, pad)), cache)
+    got = {r: [logits[r, :n]] for r, n in enumerate(lengths)}
+    # Continue every row at its own position len_b, feeding its true next tokens.
+    for i in range(total - max(lengths)):
+        pos = jnp.asarray([[n + i] for n in lengths])
+        tok = jnp.asarray([[seqs[r, n + i]] for r, n in enumerate(lengths)])
+        logits, cache = step(params, tok, pos, cache)
+        for r in range(3):
+            got[r].append(logits[r])
+    full = _forward(params, cfg, seqs)  # causal: row r's prefix logits are its own
+    for r, n in enumerate(lengths):
+        want = full[r, : n + total - max(lengths)]
+        np.testing.assert_allclose(jnp.concatenate(got[r], 0), want, atol=1e-4, rtol=1e-4)
+
+
+def test_causality_by_gradients():
+    params = _params(TINY)
+    t = 8
+    tokens = jnp.arange(10, 10 + t)[None]  # distinct ids: embedding row == position
+    r = jax.random.normal(jax.random.key(3), (TINY.vocab_size,))
+
+    def per_position(emb):
+        p = {**params, 'embed': {'embedding': emb}}
+        return _forward(p, TINY, tokens)[0] @ r  # [T]
+
+    jac_TxVxD = jax.jacrev(per_position)(params['embed']['embedding'])
+    mag_TxS = np.abs(np.asarray(jac_TxVxD[:, 10 : 10 + t])).sum(-1)
+    future = np.triu(np.ones((t, t), bool), 1)
+    assert np.all(mag_TxS[future] == 0.0)
+    assert np.all(mag_TxS[~future] > 0.0)
+
+
+def test_packed_segments_are_isolated():
+    params = _params(TINY)
+    seg = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 0, 0]])
+    pos = jnp.asarray([[0, 1, 2, 0, 1, 2, 3, 0, 1]])
+    tokens = _tokens((1, 9), seed=7)
+    logits = _forward(params, TINY, tokens, pos, seg)
+    # Each document alone gives the same logits as inside the pack.
+    np.testing.assert_allclose(
+        logits[:, 3:7], _forward(params, TINY, tokens[:, 3:7]), atol=1e-5, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        logits[:, :3], _forward(params, TINY, tokens[:, :3]), atol=1e-5, rtol=1e-5
+    )
+    # Changing document 1 leaves document 2 untouched (and does change document 1).
+    other = tokens.at[0, :3].set((tokens[0, :3] + 1) % TINY.vocab_size)
+    logits2 = _forward(params, TINY, other, pos, seg)
+    np.testing.assert_array_equal(logits2[:, 3:], logits[:, 3:])
+    assert not np.allclose(logits2[:, :3], logits[:, :3])
+
+
+def _loss_and_grads(cfg, params, tokens):
+    def loss(p):
+        return jnp.mean(jax.nn.log_softmax(_forward(p, cfg, tokens))[..., 0])
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize(
+    'variant',
+    [
+        dict(scan_layers=False),
+        dict(remat_policy='full'),
+        dict(remat_policy='dots'),
+        dict(remat_policy='dots_no_batch', scan_layers=False),
+    ],
+)
+def test_scan_and_remat_variants_equal(variant):
+    params = _params(TINY)
+    tokens = _tokens((2, 8))
+    base_loss, base_grads = _loss_and_grads(TINY, params, tokens)
+    loss, grads = _loss_and_grads(dataclasses.replace(TINY, **variant), params, tokens)
+    np.testing.assert_allclose(loss, base_loss, rtol=1e-5, atol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, base_grads
+    )
+
+
+def test_bf16_compute_and_params():
+    cfg = dataclasses.replace(TINY, dtype='bfloat16', param_dtype='bfloat16')
+    params = _params(cfg)
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+    tokens = _tokens((2, 8))
+    logits = _forward(params, cfg, tokens)
+    assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+    f32 = _forward(jax.tree.map(lambda x: x.astype(jnp.float32), params), TINY, tokens)
+    # bf16 has ~3 significant digits; the argmax of most positions agrees with f32.
+    assert np.mean(np.argmax(logits, -1) == np.argmax(f32, -1)) > 0.8
+    cache = decoder.init_cache(cfg, 2, 8)
+    assert cache['self']['k'].dtype == jnp.bfloat16
+
+
+def test_attention_core_against_brute_force():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(2, 5, 6, 8)).astype(np.float32)
+    k = rng.normal(size=(2, 7, 3, 8)).astype(np.float32)
+    v = rng.normal(size=(2, 7, 3, 8)).astype(np.float32)
+    mask = rng.random((2, 5, 7)) < 0.6
+    mask[..., 0] = True
+    got = layers.dot_product_attention(q, k, v, mask)
+    want = np.zeros_like(q)
+    for b in range(2):
+        for t in range(5):
+            for h in range(6):
+                kh = h // 2
+                s = k[b, :, kh] @ q[b, t, h] / math.sqrt(8)
+                s = np.where(mask[b, t], s, -np.inf)
+                a = np.exp(s - s.max())
+                want[b, t, h] = (a / a.sum()) @ v[b, :, kh]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_rmsnorm_matches_formula():
+    x = np.random.default_rng(1).normal(size=(2, 3, 8)).astype(np.float32)
+    mod = layers.RMSNorm(eps=1e-6)
+    variables = mod.init(jax.random.key(0), x)
+    scale = np.linspace(0.5, 2.0, 8).astype(np.float32)
+    got = mod.apply({'params': {'scale': scale}}, x)
+    want = x / np.sqrt(np.mean(x**2, -1, keepdims=True) + 1e-6) * scale
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    boxed = variables['params']['scale']
+    assert tuple(boxed.names) == ('embed',)
+    np.testing.assert_array_equal(boxed.unbox(), np.ones(8))
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match='remat_policy'):
+        decoder.init_params(dataclasses.replace(TINY, remat_policy='some'), jax.random.key(0))
+    with pytest.raises(ValueError, match='max_seq_len'):
+        decoder.init_cache(TINY, 1, TINY.max_seq_len + 1)
+    with pytest.raises(ValueError, match='num_kv_heads'):
+        dataclasses.replace(TINY, num_kv_heads=3)
+    with pytest.raises(ValueError, match='positions shape'):
+        decoder.forward_with_cache(
+            _params(TINY),
+            TINY,
+            jnp.zeros((1, 2), jnp.int32),
+            jnp.zeros((1, 3), jnp.int32),
+            decoder.init_cache(TINY, 1, 4),
+        )
