@@ -97,7 +97,58 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.mesh.shape = (1, -1, 1)
     cfg.mesh.axes = axes.MESH_AXES
     cfg.mesh.rules = axes.DEFAULT_RULES
+    _add_training_sections(cfg)
     return cfg
+
+
+def _add_training_sections(cfg: ml_collections.ConfigDict) -> None:
+    """`mode`, `data`, `train`, `optimizer`, `checkpoint`, `eval`, `generate` (training issue).
+
+    `data`, `optimizer` and `checkpoint` hold exactly the fields of `data.pipeline.DataConfig`,
+    `optim.OptimizerConfig` and `checkpoint.CheckpointConfig` (built by `to_dataclass`); `train`
+    and `eval` those of `trainer.TrainConfig` / `trainer.EvalConfig`.
+    """
+    from codellm_jax import checkpoint, optim
+    from codellm_jax.data import pipeline
+
+    def defaults(cls) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict(
+            {f.name: f.default for f in dataclasses.fields(cls)}  # all fields have defaults
+        )
+
+    # 'pretrain' | 'sft' | 'eval' | 'generate' (main dispatches on it; --mode overrides).
+    cfg.mode = 'pretrain'
+    cfg.data = defaults(pipeline.DataConfig)
+    cfg.optimizer = defaults(optim.OptimizerConfig)
+    cfg.checkpoint = defaults(checkpoint.CheckpointConfig)
+    cfg.train = ml_collections.ConfigDict()
+    cfg.train.seed = 0
+    cfg.train.batch_size = 8  # global batch (sequences per step, all processes)
+    cfg.train.seq_len = 256
+    cfg.train.num_steps = 1000
+    cfg.train.num_microbatches = 1
+    cfg.train.on_nonfinite = 'error'  # or 'skip'
+    cfg.train.label_smoothing = 0.0
+    cfg.train.z_loss = 0.0
+    cfg.train.log_every = 10
+    cfg.train.profile_start_step = -1  # >= 0: jax.profiler trace of profile_num_steps steps
+    cfg.train.profile_num_steps = 3
+    cfg.train.peak_flops_per_device = 0.0  # for MFU; 0 = look the device kind up
+    cfg.train.data_source = 'pipeline'  # or 'synthetic' (random tokens; smoke tests, benchmarks)
+    cfg.eval = ml_collections.ConfigDict()
+    cfg.eval.every_steps = 500
+    cfg.eval.num_batches = 10
+    cfg.eval.split = 'validation'
+    cfg.eval.batch_size = 8
+    cfg.eval.at_start = False  # also evaluate before the first step (loss before training)
+    # The fields of `generate.GenerateConfig`, plus the I/O keys `run_generate` reads:
+    # prompts (JSONL path), output (default <workdir>/generate/samples.jsonl), checkpoint.
+    from codellm_jax.generate import generator
+
+    cfg.generate = defaults(generator.GenerateConfig)
+    cfg.generate.prompts = ''
+    cfg.generate.output = ''
+    cfg.generate.checkpoint = ''
 
 
 def model_config(cfg: ml_collections.ConfigDict):
