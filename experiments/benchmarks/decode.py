@@ -1,0 +1,149 @@
+r"""Decoding speed: our jitted JAX decoding vs Hugging Face `generate()` in PyTorch.
+
+  PYTHONPATH=. .venv/bin/python experiments/benchmarks/decode.py          # full run (minutes)
+  PYTHONPATH=. .venv/bin/python experiments/benchmarks/decode.py --quick  # smoke run
+
+The same random weights (our init, exported to HF with `codellm_jax.interop.hf_llama`) run
+in both, in float32, on CPU, with the same number of threads, in one process. Model: Llama
+with d_model 512, 8 layers, 8 heads (8 kv heads), SwiGLU 1408, vocab 8192; prompts of 64
+tokens; 256 new tokens (eos disabled, so every run generates all of them).
+
+Prints ONE JSON line: `<case>_speedup_vs_hf` = our tokens/s / HF tokens/s for greedy (batch
+1 and 8), beam search (4 beams, batch 1) and top-p sampling (p=0.9, batch 8);
+`per_token_growth_512_vs_64` = our ms/token at 512 new tokens / at 64 (greedy, batch 1);
+raw tokens/s; and `greedy_tokens_match` (our greedy tokens == HF's, a correctness check).
+Times are the best of `--repeats` runs after a warm-up (which compiles ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+from codellm_jax import generate
+from codellm_jax.interop import hf_llama
+from codellm_jax.models import decoder
+from codellm_jax.models.model_config import DecoderConfig
+
+
+def _model_config(quick: bool) -> DecoderConfig:
+    if quick:
+        return DecoderConfig(
+            vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16,
+            d_ff=128, max_seq_len=1024, rope_theta=10000.0,
+        )  # fmt: skip
+    return DecoderConfig(
+        vocab_size=8192, d_model=512, num_layers=8, num_heads=8, num_kv_heads=8, head_dim=64,
+        d_ff=1408, max_seq_len=1024, rope_theta=10000.0,
+    )  # fmt: skip
+
+
+def _hf_model(cfg: DecoderConfig, params) -> transformers.LlamaForCausalLM:
+    hf_cfg = transformers.LlamaConfig(**hf_llama.config_to_hf(cfg))
+    model = transformers.LlamaForCausalLM._from_config(
+        hf_cfg, attn_implementation='sdpa', dtype=torch.float32
+    )
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in hf_llama.to_hf(cfg, params).items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [m for m in missing if 'rotary' not in m]
+    if missing or unexpected:
+        raise RuntimeError(f'weights did not map: missing={missing} unexpected={unexpected}')
+    return model.eval()
+
+
+def _best_of(fn, repeats: int) -> tuple[float, object]:
+    out, best = None, float('inf')
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def _ours(gen, prompts, n_new, repeats, **kw):
+    cfg = generate.GenerateConfig(max_new_tokens=n_new, eos_ids=(), batch_size=len(prompts), **kw)
+    gen.generate(prompts, cfg)  # compile
+    seconds, out = _best_of(lambda: gen.generate(prompts, cfg), repeats)
+    return len(prompts) * n_new / seconds, out
+
+
+def _hf(model, prompts, n_new, repeats, **kw):
+    ids = torch.as_tensor(prompts, dtype=torch.long)
+    kw = dict(max_new_tokens=n_new, min_new_tokens=n_new, eos_token_id=None, pad_token_id=0, **kw)
+
+    def run():
+        with torch.no_grad():
+            return model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+
+    model.generate(ids[:, :8], attention_mask=torch.ones_like(ids[:, :8]), max_new_tokens=2,
+                   pad_token_id=0, eos_token_id=None)  # fmt: skip
+    seconds, out = _best_of(run, repeats)
+    return len(prompts) * n_new / seconds, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--quick', action='store_true', help='tiny sizes, for a smoke run')
+    parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--threads', type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    n_new = 16 if args.quick else 256
+    cfg = _model_config(args.quick)
+    params = jax.jit(decoder.init_params, static_argnums=0)(cfg, jax.random.key(0))
+    model = _hf_model(cfg, params)
+    gen = generate.make_generator('decoder', cfg, params, None)
+    rng = np.random.default_rng(0)
+    prompts8 = rng.integers(1, cfg.vocab_size, size=(8, 64)).tolist()
+    prompts1 = prompts8[:1]
+    res: dict[str, object] = {}
+    cases = {
+        'greedy_b1': (prompts1, {}, {'do_sample': False}),
+        'greedy_b8': (prompts8, {}, {'do_sample': False}),
+        'beam4_b1': (
+            prompts1,
+            {'strategy': 'beam', 'num_beams': 4},
+            {'do_sample': False, 'num_beams': 4, 'early_stopping': False},
+        ),
+        'topp_b8': (
+            prompts8,
+            {'strategy': 'sample', 'top_p': 0.9},
+            {'do_sample': True, 'top_p': 0.9, 'top_k': 0},
+        ),
+    }
+    for name, (prompts, ours_kw, hf_kw) in cases.items():
+        ours_tps, ours_out = _ours(gen, prompts, n_new, args.repeats, **ours_kw)
+        hf_tps, hf_out = _hf(model, prompts, n_new, args.repeats, **hf_kw)
+        res[f'{name}_speedup_vs_hf'] = round(ours_tps / hf_tps, 3)
+        res[f'{name}_tokens_per_s_jax'] = round(ours_tps, 1)
+        res[f'{name}_tokens_per_s_hf'] = round(hf_tps, 1)
+        print(f'{name}: jax {ours_tps:.1f} tok/s, hf {hf_tps:.1f} tok/s', file=sys.stderr)
+        if name == 'greedy_b1':
+            res['greedy_tokens_match'] = ours_out[0][0].tokens == hf_out[0, 64:].tolist()
+    ms = {}
+    for n in (64, 512):
+        tps, _ = _ours(gen, prompts1, n, args.repeats)
+        ms[n] = 1000.0 / tps
+    res['per_token_growth_512_vs_64'] = round(ms[512] / ms[64], 3)
+    res['ms_per_token_jax_64'] = round(ms[64], 3)
+    res['ms_per_token_jax_512'] = round(ms[512], 3)
+    res.update(
+        threads=args.threads,
+        device=jax.devices()[0].device_kind,
+        new_tokens=n_new,
+        prompt_tokens=64,
+        quick=args.quick,
+    )
+    print(json.dumps(res))
+
+
+if __name__ == '__main__':
+    main()
