@@ -149,7 +149,7 @@ class DenseGeneral(nn.Module):
     """A bias-free einsum projection whose kernel has logical axis names.
 
     `features` is the output shape; the kernel is [*in_dims(axes_in), *features]. The
-    einsum contracts the trailing `num_in` axes of the input.
+    matmul contracts the trailing `num_in` axes of the input.
     """
 
     features: tuple[int, ...]
@@ -176,12 +176,14 @@ class DenseGeneral(nn.Module):
             as_dtype(self.param_dtype),
         )
         dtype = as_dtype(self.dtype)
-        contract = tuple(range(x.ndim - self.num_in, x.ndim))
-        return jax.lax.dot_general(
-            x.astype(dtype),
-            kernel.astype(dtype),
-            ((contract, tuple(range(self.num_in))), ((), ())),
+        lead = x.shape[: x.ndim - self.num_in]
+        # One 2-D matmul [N, fan_in] @ [fan_in, fan_out]: XLA CPU then computes the weight
+        # gradient without transposed copies of the cotangent (~25% less CPU per train step
+        # than a dot_general over the un-flattened axes; experiments/benchmarks/README.md).
+        y_NxO = jnp.dot(
+            x.astype(dtype).reshape(-1, fan_in), kernel.astype(dtype).reshape(fan_in, fan_out)
         )
+        return y_NxO.reshape(*lead, *self.features)
 
 
 class SwiGLU(nn.Module):
