@@ -15,11 +15,14 @@ PY2JAVA_FILES = {
 }
 
 
-def read_jsonl(path: str, required: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
-    """Yields one dict per non-blank line of `path`.
+def read_jsonl_lines(
+    path: str, required: Sequence[str] = (), *, strings: bool = False
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields `(line number, record)` for each non-blank line of `path`.
 
     Raises FileNotFoundError for a missing file, and ValueError naming `path:line` for a line
-    that is not a JSON object or lacks a `required` field.
+    that is not a JSON object, lacks a `required` field, or (with `strings`) has a required
+    field that is not a string.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'JSONL file {path!r} does not exist.')
@@ -33,12 +36,22 @@ def read_jsonl(path: str, required: Sequence[str] = ()) -> Iterator[dict[str, An
                 raise ValueError(f'{path}:{lineno}: malformed JSON line ({e.msg}).') from e
             if not isinstance(record, dict):
                 raise ValueError(f'{path}:{lineno}: expected a JSON object, got {type(record)}.')
-            missing = [k for k in required if k not in record]
-            if missing:
-                raise ValueError(
-                    f'{path}:{lineno}: missing field(s) {missing} in {sorted(record)}.'
-                )
-            yield record
+            for field in required:
+                if field not in record:
+                    raise ValueError(
+                        f'{path}:{lineno}: missing field {field!r} (has {sorted(record)}).'
+                    )
+                if strings and not isinstance(record[field], str):
+                    raise ValueError(f'{path}:{lineno}: field {field!r} is not a string.')
+            yield lineno, record
+
+
+def read_jsonl(
+    path: str, required: Sequence[str] = (), *, strings: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Yields one dict per non-blank line of `path` (errors as in `read_jsonl_lines`)."""
+    for _, record in read_jsonl_lines(path, required, strings=strings):
+        yield record
 
 
 def instruction_record(record: dict[str, Any], where: str = '') -> dict[str, str]:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from codellm_jax import prompting
+from codellm_jax.data import jsonl
 from codellm_jax.evaluation import java_exec, metrics, programs, python_exec, sandbox
 from codellm_jax.evaluation.tasks import Task, TaskSet, load_task_set
 
@@ -57,24 +58,12 @@ class EvalConfig:
 def read_candidates(path: str | Path, task_set: TaskSet) -> dict[str, list[str]]:
     """`{task_id: [completion, ...]}` from a JSONL file; bad lines are errors naming the line."""
     out: dict[str, list[str]] = {}
-    with open(path, encoding='utf-8') as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f'{path}:{lineno}: not valid JSON ({e}).') from e
-            for field in ('task_id', 'completion'):
-                if not isinstance(row, dict) or field not in row:
-                    raise ValueError(f'{path}:{lineno}: missing field {field!r}.')
-                if not isinstance(row[field], str):
-                    raise ValueError(f'{path}:{lineno}: field {field!r} is not a string.')
-            try:
-                task_set.by_id(row['task_id'])
-            except KeyError as e:
-                raise ValueError(f'{path}:{lineno}: {e.args[0]}') from e
-            out.setdefault(row['task_id'], []).append(row['completion'])
+    for lineno, row in jsonl.read_jsonl_lines(str(path), ('task_id', 'completion'), strings=True):
+        try:
+            task_set.by_id(row['task_id'])
+        except KeyError as e:
+            raise ValueError(f'{path}:{lineno}: {e.args[0]}') from e
+        out.setdefault(row['task_id'], []).append(row['completion'])
     if not out:
         raise ValueError(f'{path}: no candidates.')
     return out

@@ -8,10 +8,11 @@ from `<project root>/../shared/data` unless `data_dir` or env CODELLM_DATA_DIR s
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from pathlib import Path
+
+from codellm_jax.data import jsonl
 
 TASK_SETS = ('py2java', 'humaneval-python', 'humaneval-java')
 
@@ -96,23 +97,7 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
             f'Data file {path} not found; pass --data_dir or set CODELLM_DATA_DIR to the '
             'folder holding py2java/ and humaneval-x/ (see shared/data/README.md).'
         )
-    rows = []
-    with open(path, encoding='utf-8') as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f'{path}:{lineno}: not valid JSON ({e}).') from e
-            if not isinstance(row, dict):
-                raise ValueError(f'{path}:{lineno}: expected a JSON object, got {type(row)}.')
-            for field in required:
-                if field not in row:
-                    raise ValueError(f'{path}:{lineno}: missing field {field!r}.')
-                if not isinstance(row[field], str):
-                    raise ValueError(f'{path}:{lineno}: field {field!r} is not a string.')
-            rows.append(row)
+    rows = list(jsonl.read_jsonl(str(path), required, strings=True))
     if not rows:
         raise ValueError(f'{path}: no rows.')
     return rows
