@@ -6,6 +6,8 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg | cksum | cut -d' ' -f1)
 WORKDIR ?= workdirs/demo
 PYTEST_ARGS ?=
+# absl INFO logs (orbax, tfds) drown the demo's own progress lines; DEMO_FLAGS= shows them.
+DEMO_FLAGS ?= --verbosity=-1
 
 .PHONY: install test test-fast lint format demo clean
 
@@ -33,7 +35,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix codellm_jax configs experiments tests
 
 demo: $(STAMP)
-	$(PY) -m codellm_jax.demo --workdir=$(WORKDIR)
+	$(PY) -m codellm_jax.demo --workdir=$(WORKDIR) $(DEMO_FLAGS)
 
 clean:
 	rm -rf $(VENV) workdirs
