@@ -80,6 +80,28 @@ class _CorpusArgs(_OutsidePackage):
         return corpus.split_of(f.sha256, self._validation_percent)
 
 
+class _JsonlOrDerivedArgs(_CorpusArgs):
+    """Builder args of datasets read from JSONL files or derived from the Python corpus."""
+
+    def __init__(
+        self,
+        *,
+        jsonl_files: dict[str, str] | None = None,
+        sources: Sequence[str] | None = None,
+        max_files: int | None = None,
+        max_bytes: int | None = None,
+        max_examples: int | None = None,
+        pairs: list | None = None,
+        validation_percent: float = 5.0,
+        **kwargs,
+    ):
+        self._jsonl_files = dict(jsonl_files or {})
+        self._max_examples = max_examples
+        self._pairs = pairs
+        self._init_corpus(sources, ('python',), max_files, max_bytes, validation_percent)
+        super().__init__(**kwargs)
+
+
 class CodeCorpus(_CorpusArgs, tfds.core.GeneratorBasedBuilder):
     """Source files from directories / zip archives: path, language, size, sha256, content."""
 
@@ -125,7 +147,7 @@ class CodeCorpus(_CorpusArgs, tfds.core.GeneratorBasedBuilder):
             )
 
 
-class Instructions(_CorpusArgs, tfds.core.GeneratorBasedBuilder):
+class Instructions(_JsonlOrDerivedArgs, tfds.core.GeneratorBasedBuilder):
     """SFT data: prompt/response pairs or chats (`messages` as a JSON string, '' for pairs).
 
     From `jsonl_files` ({split: path}) when given, else derived from the corpus's Python
@@ -134,24 +156,6 @@ class Instructions(_CorpusArgs, tfds.core.GeneratorBasedBuilder):
     """
 
     VERSION = tfds.core.Version(VERSION)
-
-    def __init__(
-        self,
-        *,
-        jsonl_files: dict[str, str] | None = None,
-        sources: Sequence[str] | None = None,
-        max_files: int | None = None,
-        max_bytes: int | None = None,
-        max_examples: int | None = None,
-        pairs: list | None = None,
-        validation_percent: float = 5.0,
-        **kwargs,
-    ):
-        self._jsonl_files = dict(jsonl_files or {})
-        self._max_examples = max_examples
-        self._pairs = pairs
-        self._init_corpus(sources, ('python',), max_files, max_bytes, validation_percent)
-        super().__init__(**kwargs)
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -234,29 +238,11 @@ class CodeTranslation(_OutsidePackage, tfds.core.GeneratorBasedBuilder):
             )
 
 
-class Preferences(_CorpusArgs, tfds.core.GeneratorBasedBuilder):
+class Preferences(_JsonlOrDerivedArgs, tfds.core.GeneratorBasedBuilder):
     """(prompt, chosen, rejected). From `jsonl_files`, else derived from the corpus (see
     `derived.preferences_from_pairs`)."""
 
     VERSION = tfds.core.Version(VERSION)
-
-    def __init__(
-        self,
-        *,
-        jsonl_files: dict[str, str] | None = None,
-        sources: Sequence[str] | None = None,
-        max_files: int | None = None,
-        max_bytes: int | None = None,
-        max_examples: int | None = None,
-        pairs: list | None = None,
-        validation_percent: float = 5.0,
-        **kwargs,
-    ):
-        self._jsonl_files = dict(jsonl_files or {})
-        self._max_examples = max_examples
-        self._pairs = pairs
-        self._init_corpus(sources, ('python',), max_files, max_bytes, validation_percent)
-        super().__init__(**kwargs)
 
     def _info(self):
         return tfds.core.DatasetInfo(
