@@ -45,7 +45,29 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
-class SentencePieceTokenizer:
+class _SpecialIdProperties:
+    """`pad_id`, `bos_id`, `eos_id` and `special` read from `self._special`."""
+
+    _special: st.SpecialIds
+
+    @property
+    def pad_id(self) -> int:
+        return self._special.pad
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._special.bos
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._special.eos
+
+    @property
+    def special(self) -> st.SpecialIds:
+        return self._special
+
+
+class SentencePieceTokenizer(_SpecialIdProperties):
     """A sentencepiece model; picklable (it carries the serialized model proto)."""
 
     def __init__(self, model_proto: bytes, special: st.SpecialIds | None = None):
@@ -78,22 +100,6 @@ class SentencePieceTokenizer:
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
 
-    @property
-    def pad_id(self) -> int:
-        return self._special.pad
-
-    @property
-    def bos_id(self) -> int | None:
-        return self._special.bos
-
-    @property
-    def eos_id(self) -> int | None:
-        return self._special.eos
-
-    @property
-    def special(self) -> st.SpecialIds:
-        return self._special
-
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text)
 
@@ -107,7 +113,7 @@ class SentencePieceTokenizer:
         return self._sp.id_to_piece(int(i))
 
 
-class HFTokenizer:
+class HFTokenizer(_SpecialIdProperties):
     """A Hugging Face `tokenizer.json` (fast tokenizer), without adding special tokens."""
 
     def __init__(self, path: str):
@@ -129,22 +135,6 @@ class HFTokenizer:
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def pad_id(self) -> int:
-        return self._special.pad
-
-    @property
-    def bos_id(self) -> int | None:
-        return self._special.bos
-
-    @property
-    def eos_id(self) -> int | None:
-        return self._special.eos
-
-    @property
-    def special(self) -> st.SpecialIds:
-        return self._special
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
