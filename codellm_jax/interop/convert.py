@@ -53,11 +53,7 @@ def hf_architecture(hf_config: Mapping[str, Any]) -> str:
 
 def load_hf(hf_dir: str, param_dtype: str | None = None) -> tuple[str, Any, dict[str, Any]]:
     """Reads an HF checkpoint directory → (model_kind, model config, params of numpy arrays)."""
-    config_path = os.path.join(hf_dir, 'config.json')
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f'{config_path} not found: --hf_dir must hold config.json.')
-    with open(config_path) as f:
-        hf_config = json.load(f)
+    hf_config = safetensors_io.read_config(hf_dir)
     kind, module = _BY_ARCHITECTURE[hf_architecture(hf_config)]
     module.config_from_hf(hf_config)  # config errors before reading the weights
     cfg, params = module.from_hf(hf_config, safetensors_io.read_tensors(hf_dir), param_dtype)

@@ -10,8 +10,6 @@ untied head.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -167,8 +165,7 @@ def to_hf(cfg: DecoderConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray
 
 def load(hf_dir: str, param_dtype: str | None = None) -> tuple[DecoderConfig, dict[str, Any]]:
     """Reads `hf_dir/config.json` and its safetensors into (`DecoderConfig`, params)."""
-    with open(os.path.join(hf_dir, 'config.json')) as f:
-        hf_config = json.load(f)
+    hf_config = safetensors_io.read_config(hf_dir)
     config_from_hf(hf_config)  # config errors before reading gigabytes of weights
     return from_hf(hf_config, safetensors_io.read_tensors(hf_dir), param_dtype)
 
@@ -181,12 +178,9 @@ def save(
     extra_config: Mapping[str, Any] | None = None,
 ) -> None:
     """Writes `config.json` + safetensors that `LlamaForCausalLM.from_pretrained` loads."""
-    tensors = to_hf(cfg, params)
-    os.makedirs(out_dir, exist_ok=True)
-    safetensors_io.write_tensors(out_dir, tensors, max_shard_bytes)
-    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-        json.dump(config_to_hf(cfg, extra_config), f, indent=2, sort_keys=True)
-        f.write('\n')
+    safetensors_io.write_checkpoint(
+        out_dir, to_hf(cfg, params), config_to_hf(cfg, extra_config), max_shard_bytes
+    )
 
 
 def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:

@@ -162,6 +162,28 @@ def write_tensors(
     return [*names, INDEX_FILE]
 
 
+def read_config(directory: str) -> dict:
+    """The parsed `directory/config.json` of an HF checkpoint; a clear error when missing."""
+    path = os.path.join(directory, 'config.json')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} not found: --hf_dir must hold config.json.')
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_checkpoint(
+    directory: str,
+    tensors: Mapping[str, np.ndarray],
+    config: Mapping,
+    max_shard_bytes: int | str = DEFAULT_MAX_SHARD_BYTES,
+) -> None:
+    """Writes an HF checkpoint directory: safetensors (see `write_tensors`) + `config.json`."""
+    write_tensors(directory, tensors, max_shard_bytes)
+    with open(os.path.join(directory, 'config.json'), 'w') as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write('\n')
+
+
 def _isfile(directory: str, name: str) -> bool:
     return os.path.isfile(os.path.join(directory, name))
 
