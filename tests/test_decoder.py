@@ -5,6 +5,7 @@ import dataclasses
 import importlib.util
 import math
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -223,7 +224,8 @@ def test_cache_decode_matches_forward(num_kv_heads, scan):
         logits, cache = step(params, tokens[:, i : i + 1], pos[:, i : i + 1], cache)
         outs.append(logits)
     np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-4, rtol=1e-4)
-    assert cache['self']['k'].shape == (2, b, 16, num_kv_heads, 16)
+    assert len(cache['self']) == 2
+    assert cache['self'][0]['k'].shape == (b, num_kv_heads, 16, 16)
 
 
 @pytest.mark.parametrize('num_kv_heads, scan', KV_CASES)
@@ -253,6 +255,79 @@ def test_ragged_prefill_in_one_call(num_kv_heads, scan):
     for r, n in enumerate(lengths):
         want = full[r, : n + total - max(lengths)]
         np.testing.assert_allclose(jnp.concatenate(got[r], 0), want, atol=1e-4, rtol=1e-4)
+
+
+def test_chunks_after_a_prefill_and_per_layer_params_match_forward():
+    """Chunks of T > 1 over a non-empty cache (new tokens see the cache and each other
+    causally), from per-layer params; unstack -> stack is the identity."""
+    cfg = _cfg(2, True)
+    params = _params(cfg)
+    per_layer = decoder.unstack_layers(params)
+    assert 'layers' not in per_layer and sorted(k for k in per_layer if 'layers_' in k) == [
+        'layers_0',
+        'layers_1',
+    ]
+    restacked = jax.tree.leaves(decoder.stack_layers(per_layer))
+    for a, b in zip(restacked, jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    shapes = decoder.unstack_layers(decoder.param_shapes(cfg))
+    assert shapes['layers_1']['mlp']['down']['kernel'].shape == (cfg.d_ff, cfg.d_model)
+    specs = decoder.unstack_layers(decoder.param_logical_axes(cfg), cfg.num_layers)
+    assert specs['layers_1']['mlp']['down']['kernel'] == jax.sharding.PartitionSpec('mlp', 'embed')
+
+    b, t = 2, 11
+    tokens = _tokens((b, t), seed=7)
+    full = _forward(params, cfg, tokens)
+    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
+    step = jax.jit(lambda p, x, q, c: decoder.forward_with_cache(p, cfg, x, q, c))
+    cache = decoder.init_cache(cfg, b, 16)
+    outs = []
+    for lo, hi in [(0, 4), (4, 7), (7, 8), (8, 11)]:
+        logits, cache = step(per_layer, tokens[:, lo:hi], pos[:, lo:hi], cache)
+        outs.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_cache_write_that_does_not_fit_leaves_the_row_unchanged():
+    cache = jnp.zeros((2, 1, 4, 3))
+    new = jnp.ones((2, 1, 2, 3))
+    out = layers.write_cache_slots(cache, new, jnp.asarray([1, 3]), 2, jnp.zeros(1))
+    np.testing.assert_array_equal(out[0, 0, :, 0], [0, 1, 1, 0])
+    np.testing.assert_array_equal(out[1], np.zeros((1, 4, 3)))
+
+
+def test_decode_loop_updates_the_cache_in_place():
+    """The compiled decoding loop never copies or transposes a cache-sized buffer.
+
+    Guards the layout and ordering choices of `layers.cached_attention` and
+    `layers.write_cache_slots`: each broken one shows up here as per-step copies.
+    """
+    cfg = dataclasses.replace(TINY, num_kv_heads=4, max_seq_len=256)
+    params = decoder.unstack_layers(_params(cfg))
+    slots = 160
+    cache = decoder.init_cache(cfg, 1, slots)
+
+    def loop(params, cache):
+        def body(i, carry):
+            tok, cache = carry
+            logits, cache = decoder.forward_with_cache(params, cfg, tok, i[None, None], cache)
+            return jnp.argmax(logits, -1).astype(jnp.int32), cache
+
+        return jax.lax.fori_loop(0, 8, body, (jnp.ones((1, 1), jnp.int32), cache))
+
+    hlo = jax.jit(loop, donate_argnums=1).lower(params, cache).compile().as_text()
+    bodies = set(re.findall(r'body=%([\w.\-]+)', hlo))
+    assert bodies
+    cache_elems = cfg.num_kv_heads * cfg.head_dim * slots
+    for computation in hlo.split('\n\n'):
+        name = re.match(r'\s*%([\w.\-]+)', computation)
+        if not name or name.group(1) not in bodies:
+            continue
+        for m in re.finditer(
+            r'%([\w.\-]*(?:copy|transpose)[\w.\-]*) = \w+\[([\d,]*)\]', computation
+        ):
+            elems = math.prod(int(d) for d in m.group(2).split(',') if d)
+            assert elems < cache_elems, f'{m.group(1)} copies a cache-sized buffer every step'
 
 
 def test_causality_by_gradients():
@@ -330,7 +405,7 @@ def test_bf16_compute_and_params():
     # bf16 has ~3 significant digits; the argmax of most positions agrees with f32.
     assert np.mean(np.argmax(logits, -1) == np.argmax(f32, -1)) > 0.8
     cache = decoder.init_cache(cfg, 2, 8)
-    assert cache['self']['k'].dtype == jnp.bfloat16
+    assert cache['self'][0]['k'].dtype == jnp.bfloat16
 
 
 def test_attention_core_against_brute_force():

@@ -32,11 +32,11 @@ def _chain(vocab: int, seed: int, eos: int | None = None) -> np.ndarray:
 
 
 def _markov_callback(table: np.ndarray):
-    """tokens_to_logits for the chain; cache = {'self': {'tok': int32[1, R, S]}}."""
+    """tokens_to_logits for the chain; cache = {'self': {'tok': int32[R, S]}}."""
     table = jnp.asarray(table)
 
     def tokens_to_logits(tokens_RxT, positions_RxT, cache):
-        tok_RxS = cache['self']['tok'][0]
+        tok_RxS = cache['self']['tok']
         rows = jnp.arange(tokens_RxT.shape[0])[:, None]
         tok_RxS = tok_RxS.at[rows, positions_RxT].set(tokens_RxT)
         prev_RxT = jnp.where(
@@ -45,13 +45,13 @@ def _markov_callback(table: np.ndarray):
             0,
         )
         logits = table[prev_RxT, tokens_RxT]
-        return logits, {'self': {'tok': tok_RxS[None]}}
+        return logits, {'self': {'tok': tok_RxS}}
 
     return tokens_to_logits
 
 
 def _cache(rows: int, slots: int):
-    return {'self': {'tok': jnp.zeros((1, rows, slots), jnp.int32)}}
+    return {'self': {'tok': jnp.zeros((rows, slots), jnp.int32)}}
 
 
 def _seq_logprob(table, prompt, seq) -> float:
@@ -359,14 +359,22 @@ def test_one_beam_equals_greedy(eos_ids):
     )
 
 
-def test_reorder_cache_gathers_only_self_along_axis_1():
+def test_reorder_cache_gathers_only_self_along_the_batch_axis():
     cache = {
-        'self': {'k': jnp.arange(2 * 3 * 2).reshape(2, 3, 2)},
+        'self': (
+            {'k': jnp.arange(3 * 2).reshape(3, 2)},
+            {'k': jnp.arange(3 * 2).reshape(3, 2) + 9},
+        ),
         'cross': {'k': jnp.arange(4).reshape(1, 2, 2)},
     }
-    out = decoding.reorder_cache(cache, jnp.asarray([2, 2, 0]))
-    np.testing.assert_array_equal(out['self']['k'], cache['self']['k'][:, [2, 2, 0]])
+    rows = jnp.asarray([2, 2, 0])
+    out = decoding.reorder_cache(cache, rows)
+    for layer in range(2):
+        np.testing.assert_array_equal(out['self'][layer]['k'], cache['self'][layer]['k'][rows])
     assert out['cross']['k'] is cache['cross']['k']
+    stacked = {'self': {'k': jnp.arange(2 * 3 * 2).reshape(2, 3, 2)}}
+    out = decoding.reorder_cache(stacked, rows, batch_axis=1)
+    np.testing.assert_array_equal(out['self']['k'], stacked['self']['k'][:, rows])
 
 
 def test_bad_sampling_settings_are_rejected():

@@ -15,7 +15,7 @@ so sequences and scores match `generate(num_beams=..., do_sample=False)`:
 Length penalties: 'hf' = len ** alpha; 't5x' (GNMT) = ((5 + len) / 6) ** alpha.
 
 The cache holds R = B * num_beams rows (the beams of prompt b are rows b*nb .. b*nb+nb-1). It
-is reordered after each step with a gather along the batch axis (axis 1) of `cache['self']`
+is reordered after each step with a gather along the batch axis of `cache['self']`
 only (see `reorder_cache`), never a one-hot matmul; encoder-decoder cross-attention keys
 and values (B rows, shared by the beams of a row) are never touched.
 """
@@ -76,12 +76,14 @@ def length_penalty_fn(alpha: float, style: str):
     raise ValueError(f"length_penalty_style={style!r}; expected 'hf' (len^a) or 't5x' (GNMT).")
 
 
-def reorder_cache(cache: Any, rows_R: jax.Array) -> Any:
-    """Gathers rows of `cache['self']` (leaves [L, R, ...]) along axis 1; the rest is kept.
+def reorder_cache(cache: Any, rows_R: jax.Array, batch_axis: int = 0) -> Any:
+    """Gathers rows of `cache['self']` along `batch_axis` of every leaf; the rest is kept.
 
-    A cache that is not a dict with a 'self' entry is reordered entirely along axis 1.
+    Leaves are [R, ...] (batch_axis 0, per-layer caches) or [L, R, ...] (batch_axis 1,
+    caches stacked over layers). A cache that is not a dict with a 'self' entry is
+    reordered entirely.
     """
-    take = lambda x: jnp.take(x, rows_R, axis=1)
+    take = lambda x: jnp.take(x, rows_R, axis=batch_axis)
     if isinstance(cache, dict) and 'self' in cache:
         return {**cache, 'self': jax.tree.map(take, cache['self'])}
     return jax.tree.map(take, cache)
@@ -107,12 +109,14 @@ def beam_search(
     length_penalty: float = 1.0,
     length_penalty_style: str = 'hf',
     early_stopping: bool | str = False,
+    cache_batch_axis: int = 0,
 ) -> BeamResult:
     """Beam search; see the module docstring for the semantics.
 
     Args:
       tokens_to_logits: the model callback (see `codellm_jax.decoding.loop`).
-      cache: KV cache with R = B * num_beams rows (in `cache['self']`).
+      cache: KV cache with R = B * num_beams rows (in `cache['self']`, on axis
+        `cache_batch_axis` of every leaf).
       prompt_BxT: int32 right-padded prompts, one per input (repeated to the beams here).
       prompt_len_B: int32 true lengths >= 1.
       num_beams, max_new_tokens, eos_ids, stop_ids_SxM, pad_id, length_penalty,
@@ -224,7 +228,7 @@ def beam_search(
         return (state.step < n_new) & ~jnp.all(row_done(state))
 
     def body(state: BeamState) -> BeamState:
-        cache = reorder_cache(state.cache, state.parents_R)
+        cache = reorder_cache(state.cache, state.parents_R, cache_batch_axis)
         last_Rx1 = jax.lax.dynamic_slice(
             state.run_tokens_BxNbxN, (0, 0, state.step - 1), (batch, nb, 1)
         ).reshape(rows, 1)

@@ -43,7 +43,8 @@ class Sampling:
         index (the filter keeps exactly k tokens).
       top_p: keep the smallest prefix of tokens (by decreasing probability) whose mass
         reaches top_p; a token is kept iff the mass of strictly more likely tokens is < top_p.
-        In (0, 1]; 1 = off. The most likely token is always kept.
+        In (0, 1]; 1 = off. The most likely token is always kept. Without top-k this runs
+        without a sort (`_top_p_filter_unsorted`; tokens tied at the cut are all kept).
       min_p: drop tokens with probability < min_p * (probability of the most likely token);
         in [0, 1]; 0 = off.
     """
@@ -93,34 +94,60 @@ class Sampling:
         oracle.
         """
         logits_BxV = logits_BxV.astype(jnp.float32) / self.temperature
-        vocab_size = logits_BxV.shape[-1]
-        if self.top_k == 0 and self.top_p == 1.0:
+        if self.top_k == 0:
+            # No sort: top-p by a threshold search, min-p elementwise.
+            if self.top_p < 1.0:
+                logits_BxV = _top_p_filter_unsorted(logits_BxV, self.top_p)
             if self.min_p > 0.0:
                 max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
                 logits_BxV = _min_p_filter(logits_BxV, self.min_p, max_Bx1)
             return logits_BxV
-        k = self.top_k or vocab_size
-        sorted_BxK, idx_BxK = jax.lax.top_k(logits_BxV, k)
+        sorted_BxK, idx_BxK = jax.lax.top_k(logits_BxV, self.top_k)
         sorted_BxK = self._filter_sorted(sorted_BxK)
         rows_Bx1 = jnp.arange(logits_BxV.shape[0])[:, None]
         return jnp.full_like(logits_BxV, _NEG_INF).at[rows_Bx1, idx_BxK].set(sorted_BxK)
 
     def next_tokens(self, logits_BxV: jax.Array, keys_B: jax.Array) -> jax.Array:
         """int32[B] tokens sampled from the filtered distribution, row b with `keys_B[b]`."""
-        logits_BxV = logits_BxV.astype(jnp.float32) / self.temperature
-        vocab_size = logits_BxV.shape[-1]
-        if self.top_k == 0 and self.top_p == 1.0:
-            # No sort needed: temperature and min-p act elementwise.
-            if self.min_p > 0.0:
-                max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
-                logits_BxV = _min_p_filter(logits_BxV, self.min_p, max_Bx1)
+        if self.top_k == 0:
+            logits_BxV = self.filter_logits(logits_BxV)
             return jax.vmap(jax.random.categorical)(keys_B, logits_BxV).astype(jnp.int32)
-        # Sort only the top k (the whole vocabulary when top-k is off), sample a rank.
-        k = self.top_k or vocab_size
-        sorted_BxK, idx_BxK = jax.lax.top_k(logits_BxV, k)
+        # Sort only the top k, then sample a rank.
+        logits_BxV = logits_BxV.astype(jnp.float32) / self.temperature
+        sorted_BxK, idx_BxK = jax.lax.top_k(logits_BxV, self.top_k)
         sorted_BxK = self._filter_sorted(sorted_BxK)
         rank_B = jax.vmap(jax.random.categorical)(keys_B, sorted_BxK)
         return jnp.take_along_axis(idx_BxK, rank_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def _top_p_filter_unsorted(logits_BxV: jax.Array, top_p: float) -> jax.Array:
+    """top-p without sorting the vocabulary (a full sort per step dominated sampling).
+
+    Keeps token i iff m(p_i) < top_p, m(t) = the mass of tokens with probability > t. m is
+    non-increasing, so the kept tokens are those with p_i >= t*, the smallest float t
+    with m(t) < top_p: found by bisection on the bits of non-negative float32s (their
+    order as integers is their order as floats), 31 masked sums over the vocabulary.
+    Tokens tied with the last kept one are all kept (the sorted path keeps a prefix).
+    """
+    probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
+
+    def mass_above(t_Bx1):
+        return jnp.sum(jnp.where(probs_BxV > t_Bx1, probs_BxV, 0.0), axis=-1, keepdims=True)
+
+    def bisect(_, bounds):
+        lo_Bx1, hi_Bx1 = bounds  # int32 bits: m(hi) < top_p always; m(lo) >= top_p or lo=0
+        mid_Bx1 = lo_Bx1 + (hi_Bx1 - lo_Bx1) // 2
+        ok_Bx1 = mass_above(jax.lax.bitcast_convert_type(mid_Bx1, jnp.float32)) < top_p
+        return jnp.where(ok_Bx1, lo_Bx1, mid_Bx1), jnp.where(ok_Bx1, mid_Bx1, hi_Bx1)
+
+    max_Bx1 = jnp.max(probs_BxV, axis=-1, keepdims=True)  # m(max) = 0 < top_p
+    hi_Bx1 = jax.lax.bitcast_convert_type(max_Bx1, jnp.int32)
+    lo_Bx1 = jnp.zeros_like(hi_Bx1)
+    lo_Bx1, hi_Bx1 = jax.lax.fori_loop(0, 31, bisect, (lo_Bx1, hi_Bx1))
+    # hi is the smallest t in (lo, hi] with m(t) < top_p; t = 0 itself is checked apart.
+    zero_ok_Bx1 = mass_above(jnp.zeros_like(max_Bx1)) < top_p
+    threshold_Bx1 = jnp.where(zero_ok_Bx1, 0.0, jax.lax.bitcast_convert_type(hi_Bx1, jnp.float32))
+    return jnp.where(probs_BxV >= threshold_Bx1, logits_BxV, _NEG_INF)
 
 
 def _min_p_filter(logits_BxK: jax.Array, min_p: float, max_Bx1: jax.Array) -> jax.Array:

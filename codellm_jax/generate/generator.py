@@ -198,6 +198,8 @@ def _generate_batch(params, cache, prompt_BxT, prompt_len_B, row_ids_R, seed, *,
             length_penalty=spec.length_penalty,
             length_penalty_style=spec.length_penalty_style,
             early_stopping=spec.early_stopping,
+            # Decoder caches are per-layer [R, ...]; T5's self cache is stacked [L, R, ...].
+            cache_batch_axis=0 if spec.model_kind == 'decoder' else 1,
         )
         return out.tokens_BxNbxN, out.lengths_BxNb, out.scores_BxNb, out.cache
     n = row_ids_R.shape[0] // batch
@@ -263,7 +265,9 @@ class Generator:
             )
         self.model_kind = model_kind
         self.model_cfg = model_cfg
-        self.params = params
+        # Decoding runs the layers one by one: give each layer its own buffers once here
+        # (a slice of a stacked weight is a copy, every step, on XLA CPU).
+        self.params = decoder.unstack_layers(params) if model_kind == 'decoder' else params
         self.tokenizer = tokenizer
 
     # -- prompts --------------------------------------------------------------------------

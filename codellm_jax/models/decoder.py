@@ -1,6 +1,6 @@
 """Llama-3-style decoder-only LM, with a functional API and a KV cache.
 
-Parameter tree (layers stacked on a leading axis L whether or not they are scanned):
+Parameter tree ("stacked" layout: layers on a leading axis L whether or not they are scanned):
 
     {'embed': {'embedding': [V, D]},
      'layers': {'attn_norm': {'scale': [L, D]},
@@ -11,12 +11,19 @@ Parameter tree (layers stacked on a leading axis L whether or not they are scann
      'final_norm': {'scale': [D]},
      'lm_head': {'kernel': [D, V]}}   # absent when cfg.tie_embeddings
 
+The "per-layer" layout (`unstack_layers`) replaces 'layers' by 'layers_0' .. 'layers_{L-1}',
+each holding one layer's leaves without the L axis. Training and checkpoints use the stacked
+layout; cached decoding runs the layers one by one and wants separate buffers per layer (a
+slice of a stacked weight is a copy on XLA CPU, every step), so the generator converts once.
+
 RoPE uses the HF "rotate_half" convention, so HF q/k weights import by a plain reshape.
 
 Functional entry points (pure, jittable; `cfg` is static):
   init_params(cfg, rng) -> params
   forward(params, cfg, tokens_BxT, positions_BxT=None, segment_ids_BxT=None) -> logits_BxTxV
-  init_cache(cfg, batch_size, cache_len, dtype=None) -> {'self': {'k', 'v': [L, B, S, K, Dh]}}
+  unstack_layers(params) / stack_layers(params): stacked <-> per-layer layout
+  init_cache(cfg, batch_size, cache_len, dtype=None)
+      -> {'self': ({'k': [B, K, S, Dh], 'v': [B, K, Dh, S]}, ...)}  (one dict per layer)
   forward_with_cache(params, cfg, tokens_BxT, positions_BxT, cache) -> (logits_BxTxV, cache)
 
 Sharding: parameters carry logical axis names (see `param_logical_axes`); activations are
@@ -44,7 +51,9 @@ Cache = dict[str, dict[str, jax.Array]]
 _ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)
 _ACT_HEADS = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.HEAD_DIM)
 _ACT_KV_HEADS = (axes.BATCH, axes.LENGTH, axes.KV_HEADS, axes.HEAD_DIM)
-_CACHE_AXES = (axes.LAYERS, axes.BATCH, axes.CACHE_LENGTH, axes.KV_HEADS, axes.HEAD_DIM)
+_CACHE_K_AXES = (axes.BATCH, axes.KV_HEADS, axes.CACHE_LENGTH, axes.HEAD_DIM)
+_CACHE_V_AXES = (axes.BATCH, axes.KV_HEADS, axes.HEAD_DIM, axes.CACHE_LENGTH)
+_LAYER_PREFIX = 'layers_'
 
 
 def _check_config(cfg: DecoderConfig) -> None:
@@ -56,23 +65,12 @@ def _check_config(cfg: DecoderConfig) -> None:
         raise ValueError(f'head_dim={cfg.head_dim} must be even for RoPE.')
 
 
-def _write_slots(k_xBxSxKxDh, v_xBxSxKxDh, positions_BxT, new_kv):
-    """Writes new k/v [(L,) B, T, K, Dh] at slots `positions[b, t]` of caches [(L,) B, S, K, Dh].
-
-    Out-of-range slots are dropped. A leading layer axis, if present, is kept.
-    """
-    rows_Bx1 = jnp.arange(positions_BxT.shape[0])[:, None]
-    lead = (slice(None),) * (k_xBxSxKxDh.ndim - 4)
-    index = (*lead, rows_Bx1, positions_BxT)
-    new_k, new_v = new_kv
-    return (
-        k_xBxSxKxDh.at[index].set(new_k, mode='drop'),
-        v_xBxSxKxDh.at[index].set(new_v, mode='drop'),
-    )
-
-
 class Attention(nn.Module):
-    """GQA self-attention with RoPE; optionally reads/writes one layer's KV cache."""
+    """GQA self-attention with RoPE; optionally reads/writes one layer's KV cache.
+
+    With `kv` = {'k': [B, K, S, Dh], 'v': [B, K, Dh, S]} the mask is unused (see
+    `layers.cached_attention`) and the updated cache is returned; without it, (output, None).
+    """
 
     cfg: DecoderConfig
 
@@ -99,20 +97,23 @@ class Attention(nn.Module):
 
         if kv is None:
             new_kv = None
-            keys, values = k_BxTxKxDh, v_BxTxKxDh
-        else:
-            # Attend over this layer's cache with the new k/v written at slot positions[b, t]
-            # (a local copy); only the new k/v leave the layer, and `forward_with_cache`
-            # scatters them into the stacked cache once, so a step never rewrites the cache.
-            cache_k_BxSxKxDh, cache_v_BxSxKxDh = kv
-            new_kv = (
-                k_BxTxKxDh.astype(cache_k_BxSxKxDh.dtype),
-                v_BxTxKxDh.astype(cache_v_BxSxKxDh.dtype),
+            out_BxTxHxDh = layers.dot_product_attention(
+                q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask_BxTxS
             )
-            keys, values = _write_slots(cache_k_BxSxKxDh, cache_v_BxSxKxDh, positions_BxT, new_kv)
-            keys, values = keys.astype(q_BxTxHxDh.dtype), values.astype(q_BxTxHxDh.dtype)
-
-        out_BxTxHxDh = layers.dot_product_attention(q_BxTxHxDh, keys, values, mask_BxTxS)
+        else:
+            # Read the old cache plus the new k/v, then write the new k/v in place.
+            out_BxTxHxDh = layers.cached_attention(
+                q_BxTxHxDh, kv['k'], kv['v'], k_BxTxKxDh, v_BxTxKxDh, positions_BxT
+            )
+            start_B = positions_BxT[:, 0]
+            new_kv = {
+                'k': layers.write_cache_slots(
+                    kv['k'], k_BxTxKxDh.transpose(0, 2, 1, 3), start_B, 2, out_BxTxHxDh
+                ),
+                'v': layers.write_cache_slots(
+                    kv['v'], v_BxTxKxDh.transpose(0, 2, 3, 1), start_B, 3, out_BxTxHxDh
+                ),
+            }
         out_BxTxHxDh = nn.with_logical_constraint(out_BxTxHxDh, _ACT_HEADS)
         out_BxTxD = layers.DenseGeneral(
             (cfg.d_model,), (axes.HEADS, axes.HEAD_DIM, axes.EMBED), num_in=2, name='o', **kw
@@ -142,7 +143,12 @@ class DecoderBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The whole LM. `kv` (optional) is a pair of stacked caches [L, B, S, K, Dh]."""
+    """The whole LM.
+
+    Without `kv`, the layers are one scanned (or unrolled) stack with stacked params. With
+    `kv`, a tuple of per-layer caches {'k': [B, K, S, Dh], 'v': [B, K, Dh, S]}, the layers run one by one
+    from per-layer params ('layers_0', ...) and the updated caches are returned.
+    """
 
     cfg: DecoderConfig
 
@@ -165,17 +171,26 @@ class Decoder(nn.Module):
         x_BxTxD = embed(tokens_BxT).astype(dtype)
         x_BxTxD = nn.with_logical_constraint(x_BxTxD, _ACT)
 
-        block = layers.maybe_remat(DecoderBlock, cfg.remat_policy)
-        stack = nn.scan(
-            block,
-            variable_axes={'params': 0},
-            split_rngs={'params': True},
-            in_axes=(nn.broadcast, nn.broadcast, 0),
-            length=cfg.num_layers,
-            unroll=1 if cfg.scan_layers else cfg.num_layers,
-            metadata_params={nn.PARTITION_NAME: axes.LAYERS},
-        )
-        x_BxTxD, new_kv = stack(cfg, name='layers')(x_BxTxD, positions_BxT, mask_BxTxS, kv)
+        if kv is None:
+            block = layers.maybe_remat(DecoderBlock, cfg.remat_policy)
+            stack = nn.scan(
+                block,
+                variable_axes={'params': 0},
+                split_rngs={'params': True},
+                in_axes=(nn.broadcast, nn.broadcast, 0),
+                length=cfg.num_layers,
+                unroll=1 if cfg.scan_layers else cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: axes.LAYERS},
+            )
+            x_BxTxD, new_kv = stack(cfg, name='layers')(x_BxTxD, positions_BxT, mask_BxTxS, None)
+        else:
+            new_kv = []
+            for i, layer_kv in enumerate(kv):
+                x_BxTxD, layer_kv = DecoderBlock(cfg, name=f'{_LAYER_PREFIX}{i}')(
+                    x_BxTxD, positions_BxT, None, layer_kv
+                )
+                new_kv.append(layer_kv)
+            new_kv = tuple(new_kv)
 
         x_BxTxD = layers.RMSNorm(
             eps=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name='final_norm'
@@ -249,23 +264,86 @@ def forward(
     return logits_BxTxV
 
 
+def unstack_layers(params: Params, num_layers: int | None = None) -> Params:
+    """Stacked layout ('layers' leaves [L, ...]) -> per-layer ('layers_i' leaves [...]).
+
+    Works on any tree shaped like the params: arrays, `ShapeDtypeStruct`s, or
+    `PartitionSpec`s of logical axes (then pass `num_layers`). A tree already per-layer is
+    returned as is.
+    """
+    if 'layers' not in params:
+        return params
+    stacked = params['layers']
+    if num_layers is None:
+        num_layers = _stacked_length(stacked)
+    out = {k: v for k, v in params.items() if k != 'layers'}
+    for i in range(num_layers):
+        out[f'{_LAYER_PREFIX}{i}'] = jax.tree.map(
+            functools.partial(_layer_slice, i), stacked, is_leaf=_is_spec
+        )
+    return out
+
+
+def stack_layers(params: Params) -> Params:
+    """Per-layer layout -> stacked layout (inverse of `unstack_layers`; arrays only)."""
+    names = sorted(
+        (k for k in params if k.startswith(_LAYER_PREFIX)),
+        key=lambda k: int(k[len(_LAYER_PREFIX) :]),
+    )
+    if not names:
+        return params
+    out = {k: v for k, v in params.items() if not k.startswith(_LAYER_PREFIX)}
+    out['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs), *(params[k] for k in names))
+    return out
+
+
+def _is_spec(x: Any) -> bool:
+    return isinstance(x, jax.sharding.PartitionSpec)
+
+
+def _stacked_length(stacked: Params) -> int:
+    leaf = jax.tree.leaves(stacked, is_leaf=_is_spec)[0]
+    if _is_spec(leaf):
+        raise ValueError('unstack_layers got PartitionSpecs only: pass num_layers.')
+    return leaf.shape[0]
+
+
+def _layer_slice(i: int, x: Any) -> Any:
+    if _is_spec(x):
+        return jax.sharding.PartitionSpec(*x[1:])
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+    return x[i]
+
+
 def cache_logical_axes(cfg: DecoderConfig) -> Cache:
     """Logical axis names of every cache leaf (same tree as `init_cache`)."""
-    del cfg
-    spec = jax.sharding.PartitionSpec(*_CACHE_AXES)
-    return {'self': {'k': spec, 'v': spec}}
+    k_spec = jax.sharding.PartitionSpec(*_CACHE_K_AXES)
+    v_spec = jax.sharding.PartitionSpec(*_CACHE_V_AXES)
+    return {'self': tuple({'k': k_spec, 'v': v_spec} for _ in range(cfg.num_layers))}
 
 
 def init_cache(cfg: DecoderConfig, batch_size: int, cache_len: int, dtype: Any = None) -> Cache:
-    """Zeroed KV cache `{'self': {'k', 'v': [L, B, S, K, Dh]}}` (dtype default cfg.dtype)."""
+    """Zeroed KV cache {'self': ({'k': [B, K, S, Dh], 'v': [B, K, Dh, S]}, ...)}, one per layer.
+
+    Batch-major per-layer leaves: a decoding step updates each in place and beam search
+    reorders them along axis 0. Values are stored transposed (see `layers.cached_attention`).
+    dtype defaults to cfg.dtype.
+    """
     if cache_len > cfg.max_seq_len:
         raise ValueError(
             f'cache_len={cache_len} exceeds max_seq_len={cfg.max_seq_len}; '
             'raise model.max_seq_len or shorten prompt + generation.'
         )
     dtype = layers.as_dtype(dtype or cfg.dtype)
-    shape = (cfg.num_layers, batch_size, cache_len, cfg.num_kv_heads, cfg.head_dim)
-    return {'self': {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}}
+    k_shape = (batch_size, cfg.num_kv_heads, cache_len, cfg.head_dim)
+    v_shape = (batch_size, cfg.num_kv_heads, cfg.head_dim, cache_len)
+    return {
+        'self': tuple(
+            {'k': jnp.zeros(k_shape, dtype), 'v': jnp.zeros(v_shape, dtype)}
+            for _ in range(cfg.num_layers)
+        )
+    }
 
 
 def forward_with_cache(
@@ -282,17 +360,20 @@ def forward_with_cache(
     (start_b + t), so right-padded prompts of different lengths prefill in one call and
     row b then continues at position len_b (overwriting the slot a pad wrote). Writes to
     slots >= cache_len are dropped, so keep positions below `cache_len`.
+
+    `params` may be in either layout; pass the per-layer one (`unstack_layers`, once) when
+    calling this in a loop, or every call slices (copies) the stacked weights.
     """
     _check_config(cfg)
-    k_LxBxSxKxDh, v_LxBxSxKxDh = cache['self']['k'], cache['self']['v']
+    layer_caches = cache['self']
     b, t = tokens_BxT.shape
     if positions_BxT.shape != (b, t):
         raise ValueError(f'positions shape {positions_BxT.shape} != tokens shape {(b, t)}.')
-    if k_LxBxSxKxDh.shape[1] != b:
-        raise ValueError(f'cache batch {k_LxBxSxKxDh.shape[1]} != tokens batch {b}.')
-    mask_BxTxS = layers.cache_mask(positions_BxT, k_LxBxSxKxDh.shape[2])
-    logits_BxTxV, new_kv_LxBxTxKxDh = Decoder(cfg).apply(
-        {'params': params}, tokens_BxT, positions_BxT, mask_BxTxS, (k_LxBxSxKxDh, v_LxBxSxKxDh)
+    if len(layer_caches) != cfg.num_layers:
+        raise ValueError(f'cache has {len(layer_caches)} layers, the model {cfg.num_layers}.')
+    if layer_caches[0]['k'].shape[0] != b:
+        raise ValueError(f'cache batch {layer_caches[0]["k"].shape[0]} != tokens batch {b}.')
+    logits_BxTxV, new_caches = Decoder(cfg).apply(
+        {'params': unstack_layers(params)}, tokens_BxT, positions_BxT, None, tuple(layer_caches)
     )
-    new_k, new_v = _write_slots(k_LxBxSxKxDh, v_LxBxSxKxDh, positions_BxT, new_kv_LxBxTxKxDh)
-    return logits_BxTxV, {'self': {'k': new_k, 'v': new_v}}
+    return logits_BxTxV, {'self': new_caches}

@@ -110,12 +110,6 @@ def causal_segment_mask(segment_ids_BxT: jax.Array | None, batch: int, length: i
     return same_BxTxT & causal_TxT[None]
 
 
-def cache_mask(positions_BxT: jax.Array, cache_len: int) -> jax.Array:
-    """Bool mask [B, T, S]: a query at position p sees cache slots j <= p."""
-    slots_S = jnp.arange(cache_len)
-    return slots_S[None, None, :] <= positions_BxT[:, :, None]
-
-
 def dot_product_attention(
     q_BxTxHxDh: jax.Array,
     k_BxSxKxDh: jax.Array,
@@ -143,6 +137,88 @@ def dot_product_attention(
     probs = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(v_BxSxKxDh.dtype)
     out_BxTxKxGxDh = jnp.einsum('bkgts,bskd->btkgd', probs, v_BxSxKxDh)
     return out_BxTxKxGxDh.reshape(b, t, h, dh).astype(q_BxTxHxDh.dtype)
+
+
+def cached_attention(
+    q_BxTxHxDh: jax.Array,
+    cache_k_BxKxSxDh: jax.Array,
+    cache_v_BxKxDhxS: jax.Array,
+    k_BxTxKxDh: jax.Array,
+    v_BxTxKxDh: jax.Array,
+    positions_BxT: jax.Array,
+    scale: float | None = None,
+) -> jax.Array:
+    """Attention of T new queries over a KV cache that does not hold them yet, plus themselves.
+
+    The query at position p = positions[b, t] sees cache slots j < positions[b, 0] (the
+    tokens before this call) and the new tokens u with positions[b, u] <= p. Both blocks
+    share one float32 softmax over S + T logits, so this equals attention over the cache
+    with the new k/v written in first; reading the old cache lets the caller write the new
+    k/v in place afterwards (`write_cache_slots`). GQA as in `dot_product_attention`.
+
+    Keys are cached as [B, K, S, Dh] and values transposed, [B, K, Dh, S]: XLA CPU computes
+    both decoding dots as matrix @ vector with the cache as a row-major matrix contracted
+    over its minor axis (K [S, Dh] @ q, V^T [Dh, S] @ p); a [S, Dh] value cache is copied
+    transposed every step (as was a [Dh, S] key cache).
+    Returns [B, T, H, Dh] in q's dtype.
+    """
+    b, t, h, dh = q_BxTxHxDh.shape
+    k, s = cache_k_BxKxSxDh.shape[1], cache_k_BxKxSxDh.shape[2]
+    if h % k:
+        raise ValueError(f'{h} query heads are not divisible by {k} key/value heads.')
+    if scale is None:
+        scale = dh**-0.5
+    dtype = q_BxTxHxDh.dtype
+    q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh)
+    f32 = dict(preferred_element_type=jnp.float32)
+    old_BxKxGxTxS = jnp.einsum(
+        'btkgd,bksd->bkgts', q_BxTxKxGxDh, cache_k_BxKxSxDh.astype(dtype), **f32
+    )
+    new_BxKxGxTxT = jnp.einsum('btkgd,bukd->bkgtu', q_BxTxKxGxDh, k_BxTxKxDh.astype(dtype), **f32)
+    old_mask_BxTxS = jnp.arange(s)[None, None, :] < positions_BxT[:, :1, None]
+    new_mask_BxTxT = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
+    logits = jnp.concatenate(
+        [
+            jnp.where(old_mask_BxTxS[:, None, None], old_BxKxGxTxS * scale, _MASK_VALUE),
+            jnp.where(new_mask_BxTxT[:, None, None], new_BxKxGxTxT * scale, _MASK_VALUE),
+        ],
+        axis=-1,
+    )
+    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    out_BxTxKxGxDh = jnp.einsum(
+        'bkgts,bkds->btkgd', probs[..., :s], cache_v_BxKxDhxS.astype(dtype)
+    ) + jnp.einsum('bkgtu,bukd->btkgd', probs[..., s:], v_BxTxKxDh.astype(dtype))
+    return out_BxTxKxGxDh.reshape(b, t, h, dh)
+
+
+def write_cache_slots(
+    cache: jax.Array, new: jax.Array, start_B: jax.Array, slot_axis: int, after: jax.Array
+) -> jax.Array:
+    """Writes `new` (the cache's layout, T slots on `slot_axis`) at slots start[b] .. + T.
+
+    Rows lead both arrays. A row whose T slots do not all fit in the cache is left
+    unwritten. One in-place `dynamic_update_slice` per row: XLA CPU turns a scatter into
+    these layouts into transpose + scatter + transpose, a copy of the cache every step.
+
+    `after` must be computed from the old cache (the attention output): the write is made
+    data-dependent on it (adding 0 * one element of it, so a NaN stays a NaN). Without that
+    dependence XLA cannot order the in-place write after the reads of the old cache and
+    copies the whole cache, twice, every decoding step (XLA CPU, jax 0.10.2;
+    experiments/benchmarks/README.md).
+    """
+    t, s = new.shape[slot_axis], cache.shape[slot_axis]
+    tie = after.reshape(-1)[0].astype(new.dtype) * 0
+    new = (new + tie).astype(cache.dtype)
+    fits_B = (start_B >= 0) & (start_B + t <= s)
+    zero = jnp.zeros((), start_B.dtype)
+    for row in range(new.shape[0]):
+        index = [zero] * cache.ndim
+        index[0] = jnp.asarray(row, start_B.dtype)
+        index[slot_axis] = start_B[row]
+        old = jax.lax.dynamic_slice(cache, index, (1, *new.shape[1:]))
+        update = jnp.where(fits_B[row], new[row : row + 1], old)
+        cache = jax.lax.dynamic_update_slice(cache, update, index)
+    return cache
 
 
 class DenseGeneral(nn.Module):
