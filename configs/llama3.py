@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dtype=args['dtype'],
             scan_layers=bool(args['scan']),
             remat_policy=args['remat'],
+            attention_chunk=128,
         )
     )
     if llama31:

@@ -330,6 +330,30 @@ def test_decode_loop_updates_the_cache_in_place():
             assert elems < cache_elems, f'{m.group(1)} copies a cache-sized buffer every step'
 
 
+def test_chunked_causal_attention_equals_one_block():
+    """Query chunks (last one short) over packed segments: same logits and gradients."""
+    cfg = dataclasses.replace(TINY, attention_chunk=0)
+    params = _params(cfg)
+    tokens = _tokens((2, 11), seed=3)
+    segments = jnp.asarray([[1] * 4 + [2] * 7, [1] * 9 + [0] * 2])
+
+    def loss(p, c):
+        logits = decoder.forward(p, c, tokens, segment_ids_BxT=segments)
+        return jnp.sum(jax.nn.log_softmax(logits)[..., 0] * (segments > 0))
+
+    want_logits = _forward(params, cfg, tokens, None, segments)
+    want_grads = jax.grad(loss)(params, cfg)
+    for chunk in (3, 4, 11, 64):
+        chunked = dataclasses.replace(cfg, attention_chunk=chunk)
+        got = _forward(params, chunked, tokens, None, segments)
+        np.testing.assert_allclose(got, want_logits, atol=1e-5, rtol=1e-5)
+        grads = jax.grad(loss)(params, chunked)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match='attention_chunk'):
+        dataclasses.replace(cfg, attention_chunk=-1)
+
+
 def test_causality_by_gradients():
     params = _params(TINY)
     t = 8

@@ -97,8 +97,9 @@ class Attention(nn.Module):
 
         if kv is None:
             new_kv = None
-            out_BxTxHxDh = layers.dot_product_attention(
-                q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask_BxTxS
+            # The decoder's masks are causal (causal_segment_mask), as chunking requires.
+            out_BxTxHxDh = layers.causal_attention_in_chunks(
+                q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask_BxTxS, cfg.attention_chunk
             )
         else:
             # Read the old cache plus the new k/v, then write the new k/v in place.
