@@ -288,12 +288,39 @@ def test_chunks_after_a_prefill_and_per_layer_params_match_forward():
     np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-4, rtol=1e-4)
 
 
-def test_cache_write_that_does_not_fit_leaves_the_row_unchanged():
-    cache = jnp.zeros((2, 1, 4, 3))
-    new = jnp.ones((2, 1, 2, 3))
-    out = layers.write_cache_slots(cache, new, jnp.asarray([1, 3]), 2, jnp.zeros(1))
-    np.testing.assert_array_equal(out[0, 0, :, 0], [0, 1, 1, 0])
+@pytest.mark.parametrize('max_row_updates', [16, 0])  # per-row updates, one scatter
+def test_cache_write_that_does_not_fit_leaves_the_row_unchanged(max_row_updates):
+    cache = jnp.zeros((3, 1, 4, 3))
+    new = jnp.arange(3 * 2 * 3, dtype=jnp.float32).reshape(3, 1, 2, 3) + 1
+    start = jnp.asarray([1, 3, 0])
+    out = layers.write_cache_slots(cache, new, start, 2, jnp.zeros(1), max_row_updates)
+    np.testing.assert_array_equal(out[0, 0, 1:3], new[0, 0])
+    np.testing.assert_array_equal(out[0, 0, [0, 3]], 0)
     np.testing.assert_array_equal(out[1], np.zeros((1, 4, 3)))
+    np.testing.assert_array_equal(out[2, 0, :2], new[2, 0])
+    # The value layout: slots on the last axis.
+    cache_v = jnp.zeros((3, 1, 3, 4))
+    new_v = jnp.swapaxes(new, 2, 3)
+    out_v = layers.write_cache_slots(cache_v, new_v, start, 3, jnp.zeros(1), max_row_updates)
+    np.testing.assert_array_equal(out_v, jnp.swapaxes(out, 2, 3))
+
+
+def test_many_rows_decode_through_the_scatter_write():
+    """More rows than `write_cache_slots` updates one by one: the scatter path."""
+    cfg = _cfg(2, True)
+    params = decoder.unstack_layers(_params(cfg))
+    b, t = 17, 6
+    tokens = _tokens((b, t), seed=9)
+    full = _forward(decoder.stack_layers(params), cfg, tokens)
+    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
+    step = jax.jit(lambda p, x, q, c: decoder.forward_with_cache(p, cfg, x, q, c))
+    cache = decoder.init_cache(cfg, b, 8)
+    logits, cache = step(params, tokens[:, :3], pos[:, :3], cache)
+    outs = [logits]
+    for i in range(3, t):
+        logits, cache = step(params, tokens[:, i : i + 1], pos[:, i : i + 1], cache)
+        outs.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-4, rtol=1e-4)
 
 
 def test_decode_loop_updates_the_cache_in_place():

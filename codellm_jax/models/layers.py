@@ -226,13 +226,20 @@ def cached_attention(
 
 
 def write_cache_slots(
-    cache: jax.Array, new: jax.Array, start_B: jax.Array, slot_axis: int, after: jax.Array
+    cache: jax.Array,
+    new: jax.Array,
+    start_B: jax.Array,
+    slot_axis: int,
+    after: jax.Array,
+    max_row_updates: int = 16,
 ) -> jax.Array:
     """Writes `new` (the cache's layout, T slots on `slot_axis`) at slots start[b] .. + T.
 
     Rows lead both arrays. A row whose T slots do not all fit in the cache is left
-    unwritten. One in-place `dynamic_update_slice` per row: XLA CPU turns a scatter into
-    these layouts into transpose + scatter + transpose, a copy of the cache every step.
+    unwritten. Up to `max_row_updates` rows: one in-place `dynamic_update_slice` per row
+    (XLA CPU turns a scatter into these layouts into transpose + scatter + transpose, a copy
+    of the cache every step); more rows: one scatter, so that the program does not grow
+    with the batch.
 
     `after` must be computed from the old cache (the attention output): the write is made
     data-dependent on it (adding 0 * one element of it, so a NaN stays a NaN). Without that
@@ -240,12 +247,21 @@ def write_cache_slots(
     copies the whole cache, twice, every decoding step (XLA CPU, jax 0.10.2;
     experiments/benchmarks/README.md).
     """
-    t, s = new.shape[slot_axis], cache.shape[slot_axis]
+    rows, t, s = new.shape[0], new.shape[slot_axis], cache.shape[slot_axis]
     tie = after.reshape(-1)[0].astype(new.dtype) * 0
     new = (new + tie).astype(cache.dtype)
     fits_B = (start_B >= 0) & (start_B + t <= s)
+    if rows > max_row_updates:
+        # Rows that do not fit get slot s for every token: out of range, dropped.
+        slots_BxT = jnp.where(fits_B[:, None], start_B[:, None] + jnp.arange(t), s)
+        index = [slice(None)] * cache.ndim
+        index[0] = jnp.arange(rows)[:, None]
+        index[slot_axis] = slots_BxT
+        # Advanced indices split by slices: their broadcast shape [B, T] leads the update.
+        update = jnp.moveaxis(new, slot_axis, 1)
+        return cache.at[tuple(index)].set(update, mode='drop')
     zero = jnp.zeros((), start_B.dtype)
-    for row in range(new.shape[0]):
+    for row in range(rows):
         index = [zero] * cache.ndim
         index[0] = jnp.asarray(row, start_B.dtype)
         index[slot_axis] = start_B[row]
