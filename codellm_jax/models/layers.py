@@ -151,26 +151,39 @@ def causal_attention_in_chunks(
 
     Query chunk [a, b) attends to keys [0, b) only: the mask is causal, so the keys after b
     are masked anyway. About (n + 1) / (2n) of the score FLOPs and memory for n chunks, and
-    the chunks are independent, so XLA CPU runs them on different cores. Requires
-    `mask_BxTxT[:, t, s]` False for s > t (the caller's promise). The last chunk may be
-    shorter; T <= chunk or chunk = 0 is one plain call.
+    the chunks are independent, so XLA CPU runs them on different cores. q, k and v are
+    made head-major once (not per chunk and per dot). Requires `mask_BxTxT[:, t, s]` False
+    for s > t (the caller's promise). The last chunk may be shorter; chunk = 0 is a plain
+    `dot_product_attention` call.
     """
-    t = q_BxTxHxDh.shape[1]
-    if chunk <= 0 or t <= chunk:
+    if chunk <= 0:
         return dot_product_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask_BxTxT, scale)
+    b, t, h, dh = q_BxTxHxDh.shape
+    k = k_BxTxKxDh.shape[2]
+    if h % k:
+        raise ValueError(f'{h} query heads are not divisible by {k} key/value heads.')
+    if scale is None:
+        scale = dh**-0.5
+    q_BxKxGxTxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh).transpose(0, 2, 3, 1, 4)
+    k_BxKxTxDh = k_BxTxKxDh.transpose(0, 2, 1, 3)
+    v_BxKxTxDh = v_BxTxKxDh.transpose(0, 2, 1, 3).astype(q_BxTxHxDh.dtype)
     outs = []
     for start in range(0, t, chunk):
         end = min(start + chunk, t)
-        outs.append(
-            dot_product_attention(
-                q_BxTxHxDh[:, start:end],
-                k_BxTxKxDh[:, :end],
-                v_BxTxKxDh[:, :end],
-                mask_BxTxT[:, start:end, :end],
-                scale,
-            )
+        logits_BxKxGxCxE = jnp.einsum(
+            'bkgtd,bksd->bkgts',
+            q_BxKxGxTxDh[:, :, :, start:end],
+            k_BxKxTxDh[:, :, :end],
+            preferred_element_type=jnp.float32,
         )
-    return jnp.concatenate(outs, axis=1)
+        logits_BxKxGxCxE = jnp.where(
+            mask_BxTxT[:, None, None, start:end, :end], logits_BxKxGxCxE * scale, _MASK_VALUE
+        )
+        probs = jax.nn.softmax(logits_BxKxGxCxE, axis=-1).astype(v_BxKxTxDh.dtype)
+        outs.append(jnp.einsum('bkgts,bksd->bkgtd', probs, v_BxKxTxDh[:, :, :end]))
+    out_BxKxGxTxDh = jnp.concatenate(outs, axis=3)
+    out_BxTxHxDh = out_BxKxGxTxDh.transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
+    return out_BxTxHxDh.astype(q_BxTxHxDh.dtype)
 
 
 def cached_attention(
