@@ -10,7 +10,8 @@ grad, global-norm clip, `optim.make_optimizer` AdamW, the non-finite guard), jit
 (sdpa attention) + `torch.optim.AdamW` + `clip_grad_norm_`, built from the same weights
 (exported with `codellm_jax.interop.hf_llama.to_hf`), in float32, same batch, same process,
 `torch.set_num_threads` = the cores XLA uses. Jax and torch steps are timed in interleaved
-rounds so that load from other processes hits both alike.
+rounds so that load from other processes hits both alike; each round starts with one untimed
+step (the first step after a switch pays the other framework's cache and thread effects).
 
 Prints ONE JSON line. Key fields:
   jax_step_s / torch_step_s: median seconds per step over all timed steps (best/spread too);
@@ -334,6 +335,10 @@ def run(bc: BenchConfig) -> dict[str, Any]:
     times = {'jax': ([], []), 'torch': ([], [])}
     for _ in range(bc.rounds):
         for name, fn in (('jax', jax_blocking), ('torch', torch_step)):
+            # One untimed step first: the first step after the other framework ran is slower
+            # (measured: jax +1-2.5 s on a ~5 s step, torch +0.2 s on ~3.6 s), which would
+            # make the medians measure switching rather than training throughput.
+            fn()
             walls, cpus = _timed(fn, bc.steps_per_round)
             times[name][0].extend(walls)
             times[name][1].extend(cpus)
