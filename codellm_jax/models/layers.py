@@ -110,6 +110,19 @@ def causal_segment_mask(segment_ids_BxT: jax.Array | None, batch: int, length: i
     return same_BxTxT & causal_TxT[None]
 
 
+def _gqa_groups_and_scale(h: int, k: int, dh: int, scale: float | None) -> tuple[int, float]:
+    """(query heads per kv head, logit scale); raises unless H % K == 0. Scale defaults to
+    1/sqrt(Dh)."""
+    if h % k:
+        raise ValueError(f'{h} query heads are not divisible by {k} key/value heads.')
+    return h // k, dh**-0.5 if scale is None else scale
+
+
+def _masked_softmax(logits: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+    """float32 softmax over the last axis of `logits * scale`, masked entries excluded."""
+    return jax.nn.softmax(jnp.where(mask, logits * scale, _MASK_VALUE), axis=-1)
+
+
 def dot_product_attention(
     q_BxTxHxDh: jax.Array,
     k_BxSxKxDh: jax.Array,
@@ -124,17 +137,13 @@ def dot_product_attention(
     """
     b, t, h, dh = q_BxTxHxDh.shape
     k = k_BxSxKxDh.shape[2]
-    if h % k:
-        raise ValueError(f'{h} query heads are not divisible by {k} key/value heads.')
-    if scale is None:
-        scale = dh**-0.5
-    q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh)
+    g, scale = _gqa_groups_and_scale(h, k, dh, scale)
+    q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, g, dh)
     logits_BxKxGxTxS = jnp.einsum(
         'btkgd,bskd->bkgts', q_BxTxKxGxDh, k_BxSxKxDh, preferred_element_type=jnp.float32
     )
-    logits_BxKxGxTxS = logits_BxKxGxTxS * scale
-    logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, _MASK_VALUE)
-    probs = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(v_BxSxKxDh.dtype)
+    probs = _masked_softmax(logits_BxKxGxTxS, mask_BxTxS[:, None, None], scale)
+    probs = probs.astype(v_BxSxKxDh.dtype)
     out_BxTxKxGxDh = jnp.einsum('bkgts,bskd->btkgd', probs, v_BxSxKxDh)
     return out_BxTxKxGxDh.reshape(b, t, h, dh).astype(q_BxTxHxDh.dtype)
 
@@ -160,11 +169,8 @@ def causal_attention_in_chunks(
         return dot_product_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask_BxTxT, scale)
     b, t, h, dh = q_BxTxHxDh.shape
     k = k_BxTxKxDh.shape[2]
-    if h % k:
-        raise ValueError(f'{h} query heads are not divisible by {k} key/value heads.')
-    if scale is None:
-        scale = dh**-0.5
-    q_BxKxGxTxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh).transpose(0, 2, 3, 1, 4)
+    g, scale = _gqa_groups_and_scale(h, k, dh, scale)
+    q_BxKxGxTxDh = q_BxTxHxDh.reshape(b, t, k, g, dh).transpose(0, 2, 3, 1, 4)
     k_BxKxTxDh = k_BxTxKxDh.transpose(0, 2, 1, 3)
     v_BxKxTxDh = v_BxTxKxDh.transpose(0, 2, 1, 3).astype(q_BxTxHxDh.dtype)
     outs = []
@@ -176,10 +182,9 @@ def causal_attention_in_chunks(
             k_BxKxTxDh[:, :, :end],
             preferred_element_type=jnp.float32,
         )
-        logits_BxKxGxCxE = jnp.where(
-            mask_BxTxT[:, None, None, start:end, :end], logits_BxKxGxCxE * scale, _MASK_VALUE
-        )
-        probs = jax.nn.softmax(logits_BxKxGxCxE, axis=-1).astype(v_BxKxTxDh.dtype)
+        probs = _masked_softmax(
+            logits_BxKxGxCxE, mask_BxTxT[:, None, None, start:end, :end], scale
+        ).astype(v_BxKxTxDh.dtype)
         outs.append(jnp.einsum('bkgts,bksd->bkgtd', probs, v_BxKxTxDh[:, :, :end]))
     out_BxKxGxTxDh = jnp.concatenate(outs, axis=3)
     out_BxTxHxDh = out_BxKxGxTxDh.transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
@@ -211,12 +216,9 @@ def cached_attention(
     """
     b, t, h, dh = q_BxTxHxDh.shape
     k, s = cache_k_BxKxSxDh.shape[1], cache_k_BxKxSxDh.shape[2]
-    if h % k:
-        raise ValueError(f'{h} query heads are not divisible by {k} key/value heads.')
-    if scale is None:
-        scale = dh**-0.5
+    g, scale = _gqa_groups_and_scale(h, k, dh, scale)
     dtype = q_BxTxHxDh.dtype
-    q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh)
+    q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, g, dh)
     f32 = dict(preferred_element_type=jnp.float32)
     old_BxKxGxTxS = jnp.einsum(
         'btkgd,bksd->bkgts', q_BxTxKxGxDh, cache_k_BxKxSxDh.astype(dtype), **f32
