@@ -7,6 +7,7 @@ so that `codellm_jax.sharding` can map them onto a mesh.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -161,34 +162,117 @@ def causal_attention_in_chunks(
     Query chunk [a, b) attends to keys [0, b) only: the mask is causal, so the keys after b
     are masked anyway. About (n + 1) / (2n) of the score FLOPs and memory for n chunks, and
     the chunks are independent, so XLA CPU runs them on different cores. q, k and v are
-    made head-major once (not per chunk and per dot). Requires `mask_BxTxT[:, t, s]` False
-    for s > t (the caller's promise). The last chunk may be shorter; chunk = 0 is a plain
-    `dot_product_attention` call.
+    made head-major once (not per chunk and per dot). The backward is hand-written
+    (`_core_bwd`): it keeps only the output and the per-query log-sum-exp from the forward.
+    Requires `mask_BxTxT[:, t, s]` False for s > t (the caller's promise). The last chunk
+    may be shorter; chunk = 0 is a plain `dot_product_attention` call.
     """
     if chunk <= 0:
         return dot_product_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask_BxTxT, scale)
     b, t, h, dh = q_BxTxHxDh.shape
     k = k_BxTxKxDh.shape[2]
     g, scale = _gqa_groups_and_scale(h, k, dh, scale)
+    dtype = q_BxTxHxDh.dtype
     q_BxKxGxTxDh = q_BxTxHxDh.reshape(b, t, k, g, dh).transpose(0, 2, 3, 1, 4)
-    k_BxKxTxDh = k_BxTxKxDh.transpose(0, 2, 1, 3)
-    v_BxKxTxDh = v_BxTxKxDh.transpose(0, 2, 1, 3).astype(q_BxTxHxDh.dtype)
-    outs = []
-    for start in range(0, t, chunk):
-        end = min(start + chunk, t)
-        logits_BxKxGxCxE = jnp.einsum(
-            'bkgtd,bksd->bkgts',
-            q_BxKxGxTxDh[:, :, :, start:end],
-            k_BxKxTxDh[:, :, :end],
-            preferred_element_type=jnp.float32,
-        )
-        probs = _masked_softmax(
-            logits_BxKxGxCxE, mask_BxTxT[:, None, None, start:end, :end], scale
-        ).astype(v_BxKxTxDh.dtype)
-        outs.append(jnp.einsum('bkgts,bksd->bkgtd', probs, v_BxKxTxDh[:, :, :end]))
-    out_BxKxGxTxDh = jnp.concatenate(outs, axis=3)
+    k_BxKxTxDh = k_BxTxKxDh.transpose(0, 2, 1, 3).astype(dtype)
+    v_BxKxTxDh = v_BxTxKxDh.transpose(0, 2, 1, 3).astype(dtype)
+    out_BxKxGxTxDh = _chunked_causal_core(
+        q_BxKxGxTxDh, k_BxKxTxDh, v_BxKxTxDh, mask_BxTxT, chunk, scale
+    )
     out_BxTxHxDh = out_BxKxGxTxDh.transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
-    return out_BxTxHxDh.astype(q_BxTxHxDh.dtype)
+    return out_BxTxHxDh.astype(dtype)
+
+
+def _chunk_bounds(t: int, chunk: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk, t)) for start in range(0, t, chunk)]
+
+
+def _chunk_logits(q_c, k_BxKxTxDh, mask_BxTxT, start, end, scale):
+    """Masked float32 logits [B, K, G, C, E] of query chunk [start, end) over keys [0, end)."""
+    logits = jnp.einsum(
+        'bkgtd,bksd->bkgts', q_c, k_BxKxTxDh[:, :, :end], preferred_element_type=jnp.float32
+    )
+    mask = mask_BxTxT[:, None, None, start:end, :end]
+    return jnp.where(mask, logits * scale, _MASK_VALUE)
+
+
+def _chunked_causal_forward(q_BxKxGxTxDh, k_BxKxTxDh, v_BxKxTxDh, mask_BxTxT, chunk, scale):
+    """(out [B, K, G, T, Dh], float32 log-sum-exp of each query's logits [B, K, G, T])."""
+    t = q_BxKxGxTxDh.shape[3]
+    outs, lses = [], []
+    for start, end in _chunk_bounds(t, chunk):
+        logits = _chunk_logits(
+            q_BxKxGxTxDh[:, :, :, start:end], k_BxKxTxDh, mask_BxTxT, start, end, scale
+        )
+        max_BxKxGxC = jnp.max(logits, axis=-1)
+        unnorm = jnp.exp(logits - max_BxKxGxC[..., None])
+        sum_BxKxGxC = jnp.sum(unnorm, axis=-1)
+        v_e = v_BxKxTxDh[:, :, :end]
+        out = jnp.einsum(
+            'bkgts,bksd->bkgtd', unnorm.astype(v_e.dtype), v_e, preferred_element_type=jnp.float32
+        )
+        outs.append((out / sum_BxKxGxC[..., None]).astype(q_BxKxGxTxDh.dtype))
+        lses.append(max_BxKxGxC + jnp.log(sum_BxKxGxC))
+    return jnp.concatenate(outs, axis=3), jnp.concatenate(lses, axis=3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunked_causal_core(q_BxKxGxTxDh, k_BxKxTxDh, v_BxKxTxDh, mask_BxTxT, chunk, scale):
+    """Head-major chunked causal attention with a memory-lean backward (see `_core_bwd`)."""
+    out, _ = _chunked_causal_forward(q_BxKxGxTxDh, k_BxKxTxDh, v_BxKxTxDh, mask_BxTxT, chunk, scale)
+    return out
+
+
+def _core_fwd(q_BxKxGxTxDh, k_BxKxTxDh, v_BxKxTxDh, mask_BxTxT, chunk, scale):
+    out, lse = _chunked_causal_forward(
+        q_BxKxGxTxDh, k_BxKxTxDh, v_BxKxTxDh, mask_BxTxT, chunk, scale
+    )
+    return out, (q_BxKxGxTxDh, k_BxKxTxDh, v_BxKxTxDh, mask_BxTxT, out, lse)
+
+
+def _core_bwd(chunk, scale, residuals, dout_BxKxGxTxDh):
+    """Softmax backward in one pass per chunk, in key-major [E, C] layout.
+
+    P^T = exp(S^T - lse) is recomputed from q and k (nothing [T, T]-sized is kept from the
+    forward) and dS^T = P^T * (V dO^T - rowsum(dO * O)): one elementwise pass for the
+    softmax gradient where autodiff made several. In [E, C] layout P^T and dS^T are the
+    row-major operands of dV = P^T dO and dK = dS^T Q; in [C, E] layout XLA CPU copied P
+    and dS transposed and computed exp twice. dQ^T = K^T dS^T with K^T made once.
+    """
+    q_BxKxGxTxDh, k_BxKxTxDh, v_BxKxTxDh, mask_BxTxT, out, lse = residuals
+    t = q_BxKxGxTxDh.shape[3]
+    f32 = dict(preferred_element_type=jnp.float32)
+    dout32 = dout_BxKxGxTxDh.astype(jnp.float32)
+    delta_BxKxGxT = jnp.sum(dout32 * out.astype(jnp.float32), axis=-1)
+    mask_t_BxTxT = jnp.swapaxes(mask_BxTxT, 1, 2)  # [key, query]
+    k_t_BxKxDhxT = jnp.swapaxes(k_BxKxTxDh, 2, 3)
+    dqs, dks, dvs = [], [], []
+    for start, end in _chunk_bounds(t, chunk):
+        q_c = q_BxKxGxTxDh[:, :, :, start:end]
+        do_c = dout_BxKxGxTxDh[:, :, :, start:end]
+        k_e, v_e = k_BxKxTxDh[:, :, :end], v_BxKxTxDh[:, :, :end]
+        logits_t = jnp.einsum('bksd,bkgtd->bkgst', k_e, q_c, **f32)
+        mask_t = mask_t_BxTxT[:, None, None, :end, start:end]
+        logits_t = jnp.where(mask_t, logits_t * scale, _MASK_VALUE)
+        probs_t = jnp.exp(logits_t - lse[:, :, :, None, start:end])
+        dv = jnp.einsum('bkgst,bkgtd->bkgsd', probs_t.astype(do_c.dtype), do_c, **f32)
+        dprobs_t = jnp.einsum('bksd,bkgtd->bkgst', v_e, do_c, **f32)
+        dlogits_t = probs_t * (dprobs_t - delta_BxKxGxT[:, :, :, None, start:end]) * scale
+        dlogits_t = dlogits_t.astype(q_c.dtype)
+        dqs.append(jnp.einsum('bkds,bkgst->bkgdt', k_t_BxKxDhxT[..., :end], dlogits_t, **f32))
+        dks.append(jnp.einsum('bkgst,bkgtd->bkgsd', dlogits_t, q_c, **f32).sum(2))
+        dvs.append(dv.sum(2))
+
+    def padded_sum(parts):
+        return sum(jnp.pad(p, ((0, 0), (0, 0), (0, t - p.shape[2]), (0, 0))) for p in parts)
+
+    dq = jnp.swapaxes(jnp.concatenate(dqs, axis=4), 3, 4).astype(q_BxKxGxTxDh.dtype)
+    dk = padded_sum(dks).astype(k_BxKxTxDh.dtype)
+    dv = padded_sum(dvs).astype(v_BxKxTxDh.dtype)
+    return dq, dk, dv, None
+
+
+_chunked_causal_core.defvjp(_core_fwd, _core_bwd)
 
 
 def cached_attention(
