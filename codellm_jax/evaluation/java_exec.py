@@ -316,8 +316,8 @@ def judge(
                 uid=uid,
                 stdin_data=(nonce + '\n').encode(),
             )
-            if res.timed_out:
-                return sandbox.Verdict('timeout', 'killed after timeout', res.wall_s)
+            if res.out_of_time:
+                return sandbox.Verdict('timeout', sandbox.time_limit_message(res), res.wall_s)
             if res.returncode == 0 and not sandbox.ended_with(res.stdout, nonce):
                 return sandbox.Verdict('failed', 'exited 0 before the tests finished', res.wall_s)
             if res.returncode == 0:

@@ -47,7 +47,7 @@ class Limits:
 
     Attributes:
       timeout_s: wall-clock seconds before the process group is killed.
-      cpu_s: RLIMIT_CPU seconds (per process).
+      cpu_s: RLIMIT_CPU seconds (per process): SIGXCPU then, SIGKILL one second later.
       address_space_bytes: RLIMIT_AS, or None (the JVM reserves far more virtual memory than
         it uses; bound it with -Xmx and `data_bytes` instead).
       data_bytes: RLIMIT_DATA (private writable memory), or None.
@@ -78,7 +78,11 @@ class Capabilities:
 
 @dataclasses.dataclass(frozen=True)
 class ExecResult:
-    """Outcome of one sandboxed run. `returncode` is negative for a signal (-9 on timeout)."""
+    """Outcome of one sandboxed run. `returncode` is negative for a signal (-9 on timeout).
+
+    `timed_out`: the wall-clock timeout killed the process group. `cpu_limited`: RLIMIT_CPU
+    ended the process (SIGXCPU at `Limits.cpu_s`); under load this often comes first.
+    """
 
     returncode: int
     stdout: str
@@ -86,6 +90,15 @@ class ExecResult:
     timed_out: bool
     wall_s: float
     output_truncated: bool = False
+
+    @property
+    def cpu_limited(self) -> bool:
+        return self.returncode == -signal.SIGXCPU
+
+    @property
+    def out_of_time(self) -> bool:
+        """Ended by either time limit: what a judge reports as 'timeout'."""
+        return self.timed_out or self.cpu_limited
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +265,8 @@ def _prefix(caps: Capabilities, uid: int | None, limits: Limits) -> list[str]:
     if uid is not None:
         argv += ['setpriv', f'--reuid={uid}', f'--regid={uid}', '--clear-groups']
         argv += ['--no-new-privs', '--']
-    argv += ['prlimit', f'--cpu={limits.cpu_s}']
+    # Soft limit: SIGXCPU (a recognisable exit); hard limit a second later: SIGKILL.
+    argv += ['prlimit', f'--cpu={limits.cpu_s}:{limits.cpu_s + 1}']
     if uid is not None:  # as a shared user, NPROC would count all of that user's processes
         argv.append(f'--nproc={limits.nproc}')
     argv += [f'--fsize={limits.fsize_bytes}', f'--nofile={limits.nofile}', '--core=0']
@@ -349,6 +363,11 @@ def run(
         wall_s=wall,
         output_truncated=bool(truncated),
     )
+
+
+def time_limit_message(res: ExecResult) -> str:
+    """Why a run that is `out_of_time` was stopped, for a verdict."""
+    return 'killed after timeout' if res.timed_out else 'CPU time limit exceeded'
 
 
 def _kill_group(pgid: int) -> None:
