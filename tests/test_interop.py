@@ -22,7 +22,7 @@ from flax import linen as nn
 from safetensors.numpy import load_file, save_file
 
 from codellm_jax import axes
-from codellm_jax.interop import convert, hf_llama, hf_t5, pretrained, safetensors_io
+from codellm_jax.interop import convert, hf_llama, hf_t5, hf_torch, pretrained, safetensors_io
 from codellm_jax.models import decoder, encoder_decoder
 
 ATOL = 1e-4  # whole models, float32
@@ -322,6 +322,21 @@ def test_transformers_loads_our_native_params(tmp_path, kind, cfg):
         want, got = _t5_logits(params, cfg, enc, dec, mask), hx.hf_logits_t5(hf, enc, dec, mask)
     assert want.std() > 0.3
     np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+
+
+def test_in_memory_torch_model_matches_our_logits():
+    """`hf_torch.llama_for_causal_lm` (the benchmarks' peer) computes our model's logits."""
+    cfg = hf_llama.config_from_hf({**hx.LLAMA_DEFAULTS, 'num_key_value_heads': 2})
+    params = _random_params(decoder.param_shapes(cfg))
+    model = hf_torch.llama_for_causal_lm(cfg, params, attn_implementation='eager')
+    assert not model.training
+    tokens = _tokens((2, 40), 7)
+    want = _llama_logits(params, cfg, tokens)
+    assert want.std() > 0.3
+    np.testing.assert_allclose(hx.hf_logits_llama(model, tokens), want, rtol=0, atol=ATOL)
+    broken = {k: v for k, v in params.items() if k != 'final_norm'}
+    with pytest.raises(ValueError, match='missing .final_norm/scale'):
+        hf_torch.llama_for_causal_lm(cfg, broken)
 
 
 def test_bfloat16_checkpoint_round_trip(tmp_path):

@@ -3,7 +3,7 @@ r"""Decoding speed: our jitted JAX decoding vs Hugging Face `generate()` in PyTo
   PYTHONPATH=. .venv/bin/python experiments/benchmarks/decode.py          # full run (minutes)
   PYTHONPATH=. .venv/bin/python experiments/benchmarks/decode.py --quick  # smoke run
 
-The same random weights (our init, exported to HF with `codellm_jax.interop.hf_llama`) run
+The same random weights (our init, loaded into HF by `codellm_jax.interop.hf_torch`) run
 in both, in float32, on CPU, with the same number of threads, in one process. Model: Llama
 with d_model 512, 8 layers, 8 heads (8 kv heads), SwiGLU 1408, vocab 8192; prompts of 64
 tokens; 256 new tokens (eos disabled, so every run generates all of them).
@@ -26,10 +26,9 @@ import time
 import jax
 import numpy as np
 import torch
-import transformers
 
 from codellm_jax import generate
-from codellm_jax.interop import hf_llama
+from codellm_jax.interop import hf_torch
 from codellm_jax.models import decoder
 from codellm_jax.models.model_config import DecoderConfig
 
@@ -44,19 +43,6 @@ def _model_config(quick: bool) -> DecoderConfig:
         vocab_size=8192, d_model=512, num_layers=8, num_heads=8, num_kv_heads=8, head_dim=64,
         d_ff=1408, max_seq_len=1024, rope_theta=10000.0,
     )  # fmt: skip
-
-
-def _hf_model(cfg: DecoderConfig, params) -> transformers.LlamaForCausalLM:
-    hf_cfg = transformers.LlamaConfig(**hf_llama.config_to_hf(cfg))
-    model = transformers.LlamaForCausalLM._from_config(
-        hf_cfg, attn_implementation='sdpa', dtype=torch.float32
-    )
-    tensors = {k: torch.from_numpy(np.array(v)) for k, v in hf_llama.to_hf(cfg, params).items()}
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [m for m in missing if 'rotary' not in m]
-    if missing or unexpected:
-        raise RuntimeError(f'weights did not map: missing={missing} unexpected={unexpected}')
-    return model.eval()
 
 
 def _best_of(fn, repeats: int) -> tuple[float, object]:
@@ -99,7 +85,7 @@ def main() -> None:
     n_new = 16 if args.quick else 256
     cfg = _model_config(args.quick)
     params = jax.jit(decoder.init_params, static_argnums=0)(cfg, jax.random.key(0))
-    model = _hf_model(cfg, params)
+    model = hf_torch.llama_for_causal_lm(cfg, params)
     gen = generate.make_generator('decoder', cfg, params, None)
     rng = np.random.default_rng(0)
     prompts8 = rng.integers(1, cfg.vocab_size, size=(8, 64)).tolist()

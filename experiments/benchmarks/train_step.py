@@ -196,30 +196,13 @@ def _timed_compile(jitted, *args) -> tuple[float, Any]:
     return time.perf_counter() - t0, compiled
 
 
-def _torch_model(cfg, params):
-    import numpy as np
-    import torch
-    import transformers
-
-    from codellm_jax.interop import hf_llama
-
-    hf_cfg = transformers.LlamaConfig(**hf_llama.config_to_hf(cfg))
-    model = transformers.LlamaForCausalLM._from_config(
-        hf_cfg, attn_implementation='sdpa', dtype=torch.float32
-    )
-    tensors = {k: torch.tensor(np.array(v)) for k, v in hf_llama.to_hf(cfg, params).items()}
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [m for m in missing if 'rotary' not in m]
-    if missing or unexpected:
-        raise RuntimeError(f'weights did not map: missing={missing} unexpected={unexpected}')
-    return model.train()
-
-
 def _torch_runner(cfg, params, batch):
     """A closure doing one torch AdamW step (same hyper-parameters and decay mask as ours)."""
     import torch
 
-    model = _torch_model(cfg, params)
+    from codellm_jax.interop import hf_torch
+
+    model = hf_torch.llama_for_causal_lm(cfg, params).train()
     opt_cfg = _optimizer_config()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and 'embed_tokens' not in n]
     no_decay = [
