@@ -80,6 +80,20 @@ def _summary(win: _Window, tokens_per_step: int, flops_per_token: float, peak: f
     return out
 
 
+def _restore_or_initialize(exp, ckpt, tx, data_iter=None):
+    """`checkpoint.restore_or_initialize` for this experiment, under its sharding rules."""
+    init_state, state_from_params = experiment.state_initializers(exp, tx)
+    with sharding.logical_rules(exp.mesh, exp.rules):
+        return ckpt_lib.restore_or_initialize(
+            ckpt,
+            exp.ckpt_cfg,
+            abstract_state=exp.abstract_state,
+            init_state=init_state,
+            state_from_params=state_from_params,
+            data_iter=data_iter,
+        )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains per `config` (modes 'pretrain' and 'sft'), resuming from `workdir` if possible.
 
@@ -97,16 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if exp.eval_cfg.num_batches and (exp.eval_cfg.every_steps or exp.eval_cfg.at_start):
         # Fail now on a missing eval split, not after hours of training.
         experiment.make_iterator(exp, exp.eval_cfg.split, exp.eval_cfg.batch_size, num_epochs=1)
-    init_state, state_from_params = experiment.state_initializers(exp, tx)
-    with sharding.logical_rules(exp.mesh, exp.rules):
-        state, source = ckpt_lib.restore_or_initialize(
-            ckpt,
-            exp.ckpt_cfg,
-            abstract_state=exp.abstract_state,
-            init_state=init_state,
-            state_from_params=state_from_params,
-            data_iter=train_iter,
-        )
+    state, source = _restore_or_initialize(exp, ckpt, tx, data_iter=train_iter)
     logging.info('Train state %s (step %d).', source, int(state.step))
     print(f'Train state {source} (step {int(state.step)}).', flush=True)
     logits_fn = steps.make_logits_fn(exp.model_kind, exp.model_cfg)
@@ -202,7 +207,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     if jax.process_index() == 0:
         run_info.record(workdir, config)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), exp.ckpt_cfg)
-    init_state, state_from_params = experiment.state_initializers(exp, tx)
     has_init = ckpt.latest_step() is not None or exp.ckpt_cfg.init_from
     if not (has_init or exp.ckpt_cfg.init_from_pretrained):
         ckpt.close()
@@ -210,14 +214,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             f'Nothing to evaluate: no checkpoint in {workdir!r} and neither '
             'checkpoint.init_from nor checkpoint.init_from_pretrained is set.'
         )
-    with sharding.logical_rules(exp.mesh, exp.rules):
-        state, source = ckpt_lib.restore_or_initialize(
-            ckpt,
-            exp.ckpt_cfg,
-            abstract_state=exp.abstract_state,
-            init_state=init_state,
-            state_from_params=state_from_params,
-        )
+    state, source = _restore_or_initialize(exp, ckpt, tx)
     ckpt.close()
     ec = exp.eval_cfg
     out = experiment.run_eval(

@@ -4,6 +4,7 @@ import dataclasses
 
 import ml_collections
 import pytest
+import tiny_models
 
 from codellm_jax import config as config_lib
 from codellm_jax.models import model_config as mc
@@ -25,16 +26,7 @@ def test_parse_arg_rejects_non_key_value():
 
 
 def _decoder_dict(**kw):
-    d = dict(
-        vocab_size=256,
-        d_model=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        d_ff=128,
-        rope_scaling=dict(factor=8.0),
-    )
+    d = dict(tiny_models.DECODER, rope_scaling=dict(factor=8.0))
     d.update(kw)
     return d
 

@@ -15,34 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny_models
 
 from codellm_jax import generate
 from codellm_jax.generate import generator as generator_lib
 from codellm_jax.models import decoder, encoder_decoder
-from codellm_jax.models.model_config import DecoderConfig, EncoderDecoderConfig
 
-DEC_CFG = DecoderConfig(
-    vocab_size=64,
-    d_model=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    d_ff=64,
-    max_seq_len=96,
-    rope_theta=10000.0,
-)
-ENCDEC_CFG = EncoderDecoderConfig(
-    vocab_size=64,
-    d_model=32,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-    num_heads=4,
-    head_dim=8,
-    d_ff=64,
-    max_seq_len=64,
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=16,
+DEC_CFG = tiny_models.decoder_config(max_seq_len=96, rope_theta=10000.0)
+ENCDEC_CFG = tiny_models.encoder_decoder_config(
+    max_seq_len=64, relative_attention_num_buckets=8, relative_attention_max_distance=16
 )
 
 

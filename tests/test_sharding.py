@@ -15,24 +15,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import tiny_models
 
 from codellm_jax import axes, sharding
 from codellm_jax.models import decoder
-from codellm_jax.models.model_config import DecoderConfig
 
 GOLDEN = pathlib.Path(__file__).parent / 'golden' / 'llama_tiny_param_specs_2x2x2.json'
 
-TINY = DecoderConfig(
-    vocab_size=256,
-    d_model=64,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    d_ff=128,
-    max_seq_len=64,
-    rope_theta=10000.0,
-)
+TINY = tiny_models.decoder_config(tiny_models.DECODER, max_seq_len=64, rope_theta=10000.0)
 RULES = axes.DEFAULT_RULES
 
 

@@ -7,31 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tiny_models
 
 from codellm_jax import losses, sharding, steps, synthetic_data
 from codellm_jax import train_state as ts
 from codellm_jax.models import decoder, encoder_decoder
-from codellm_jax.models.model_config import DecoderConfig, EncoderDecoderConfig
 
-DEC = DecoderConfig(
-    vocab_size=64,
-    d_model=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    d_ff=64,
-    max_seq_len=32,
-)
-ENCDEC = EncoderDecoderConfig(
-    vocab_size=64,
-    d_model=32,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-    num_heads=4,
-    head_dim=8,
-    d_ff=64,
-)
+DEC = tiny_models.decoder_config(max_seq_len=32)
+ENCDEC = tiny_models.encoder_decoder_config()
 
 
 def _batch(kind, seed=0, batch=8):

@@ -12,6 +12,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+import tiny_models
 
 from codellm_jax import config as config_lib
 from codellm_jax import metrics, trainer
@@ -23,27 +24,10 @@ def tiny_config(kind='decoder', num_steps=2):
     cfg = config_lib.base_config()
     cfg.model_kind = kind
     if kind == 'decoder':
-        cfg.model = dict(
-            vocab_size=64,
-            d_model=32,
-            num_layers=2,
-            num_heads=4,
-            num_kv_heads=2,
-            head_dim=8,
-            d_ff=64,
-            max_seq_len=32,
-        )
+        cfg.model = dict(tiny_models.SMALL_DECODER, max_seq_len=32)
         cfg.data.task = 'lm'
     else:
-        cfg.model = dict(
-            vocab_size=64,
-            d_model=32,
-            num_encoder_layers=2,
-            num_decoder_layers=2,
-            num_heads=4,
-            head_dim=8,
-            d_ff=64,
-        )
+        cfg.model = dict(tiny_models.SMALL_ENCODER_DECODER)
         cfg.data.task = 'span_corruption'
         cfg.data.decoder_seq_len = 8
     cfg.train.data_source = 'synthetic'
