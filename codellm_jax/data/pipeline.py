@@ -74,6 +74,9 @@ class DataConfig:
       noise_density: span corruption: fraction of tokens masked.
       mean_noise_span_length: span corruption: mean length of a masked span.
       shuffle: shuffle examples (reshuffled deterministically every epoch).
+      row_shuffle_window: after packing, shuffle rows within windows of this many (0 = off).
+        Concat-then-split puts a long document on consecutive rows, so without it one file
+        can fill whole batches (the train loss then jumps from batch to batch).
       num_packing_bins: bins of the first-fit packer used for 'sft' / 'seq2seq'.
       num_workers: grain multiprocess prefetch workers; 0 = read in the calling process. With
         workers, each packs its own slice of the records, so the stream differs from (but is
@@ -95,6 +98,7 @@ class DataConfig:
     noise_density: float = 0.15
     mean_noise_span_length: float = 3.0
     shuffle: bool = True
+    row_shuffle_window: int = 0
     num_packing_bins: int = 16
     num_workers: int = 0
     read_threads: int = 2
@@ -108,6 +112,10 @@ class DataConfig:
             raise ValueError('DataConfig.fim_rate and fim_spm_rate must lie in [0, 1].')
         if not 0.0 < self.noise_density < 1.0:
             raise ValueError(f'DataConfig.noise_density={self.noise_density} must be in (0, 1).')
+        if self.row_shuffle_window < 0:
+            raise ValueError(
+                f'DataConfig.row_shuffle_window={self.row_shuffle_window} must be >= 0 (0 = off).'
+            )
 
 
 def make_iterator(
@@ -141,7 +149,7 @@ def make_iterator(
     """
     import grain  # imported here: building a config must not pay for grain / tfds
 
-    from codellm_jax.data import tfds_builders
+    from codellm_jax.data import json_state, tfds_builders
 
     _check_task_dataset(data_cfg)
     if seq_len <= 0 or batch_size <= 0:
@@ -155,13 +163,17 @@ def make_iterator(
         num_threads=data_cfg.read_threads, prefetch_buffer_size=data_cfg.read_buffer
     )
     it = _pack(ds.to_iter_dataset(read), data_cfg, tokenizer, lengths, seed)
+    if data_cfg.row_shuffle_window > 1:
+        it = grain.experimental.WindowShuffleIterDataset(
+            it, window_size=data_cfg.row_shuffle_window, seed=seed
+        )
     it = it.batch(batch_size, drop_remainder=True)
     is_decoder = data_cfg.task in DECODER_TASKS
     it = it.map(record_fns.finalize_decoder if is_decoder else record_fns.finalize_encdec)
     if data_cfg.num_workers > 0:
         _mark_absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
-    return iter(it)
+    return json_state.JsonStateIterator(iter(it))
 
 
 def length_stats(
