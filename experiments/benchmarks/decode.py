@@ -12,6 +12,11 @@ Prints ONE JSON line: `<case>_speedup_vs_hf` = our tokens/s / HF tokens/s for gr
 1 and 8), beam search (4 beams, batch 1) and top-p sampling (p=0.9, batch 8);
 `per_token_growth_512_vs_64` = our ms/token at 512 new tokens / at 64 (greedy, batch 1);
 raw tokens/s; and `greedy_tokens_match` (our greedy tokens == HF's, a correctness check).
+The physical limit of a step is measured too, for batch 1 and 8: `matvec_floor_ms_b*_{jax,
+torch}` is one step's weight matmuls alone (no attention, norms or sampling) in each
+framework; `greedy_b*_floor_over_step_jax` = that floor / our ms per step (<= 1), and
+`greedy_b*_speedup_bound_vs_hf` = HF's ms per step / our floor, the best ratio XLA's matmuls
+allow on this machine.
 Times are the best of `--repeats` runs after a warm-up (which compiles ours).
 """
 
@@ -24,6 +29,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 
@@ -75,6 +81,75 @@ def _hf(model, prompts, n_new, repeats, **kw):
     return len(prompts) * n_new / seconds, out
 
 
+def _matvec_chains(cfg: DecoderConfig, params, rows: int):
+    """One decoding step's weight matmuls alone, in each framework: (jax fn, torch fn).
+
+    Per layer: q, k, v from one input, o, gate and up from one input, down; then the output
+    head. A tanh keeps each layer dependent on the last. No attention, norms or sampling:
+    this is the floor set by each framework's [rows, D] @ [D, N] kernels streaming the
+    weights, which a decoding step cannot beat.
+    """
+    per_layer = decoder.unstack_layers(params)
+    mats = []
+    for i in range(cfg.num_layers):
+        layer = per_layer[f'layers_{i}']
+        attn, mlp = layer['attn'], layer['mlp']
+        mats.append(
+            tuple(
+                w.reshape(w.shape[0], -1) if name != 'o' else w.reshape(-1, w.shape[-1])
+                for name, w in (
+                    ('q', attn['q']['kernel']), ('k', attn['k']['kernel']),
+                    ('v', attn['v']['kernel']), ('o', attn['o']['kernel']),
+                    ('gate', mlp['gate']['kernel']), ('up', mlp['up']['kernel']),
+                    ('down', mlp['down']['kernel']),
+                )
+            )
+        )  # fmt: skip
+    head = params['embed']['embedding'].T if cfg.tie_embeddings else params['lm_head']['kernel']
+
+    def jax_step(x, mats, head):
+        for wq, wk, wv, wo, wg, wu, wd in mats:
+            h = jnp.tanh(x @ wq + x @ wk[:, :1] + x @ wv[:, :1])
+            x = x + jnp.tanh(h @ wo)
+            x = x + jnp.tanh(jnp.tanh(x @ wg) * (x @ wu)) @ wd
+        return x + 1e-9 * jnp.max(x @ head)
+
+    @jax.jit
+    def jax_chain(x, mats, head, steps):
+        return jax.lax.fori_loop(0, steps, lambda _, x: jax_step(x, mats, head), x)
+
+    t_mats = [tuple(torch.from_numpy(np.array(w).T.copy()) for w in m) for m in mats]
+    t_head = torch.from_numpy(np.array(head).T.copy())
+    linear = torch.nn.functional.linear
+
+    def torch_chain(x, steps):
+        with torch.no_grad():
+            for _ in range(steps):
+                for wq, wk, wv, wo, wg, wu, wd in t_mats:
+                    h = torch.tanh(linear(x, wq) + linear(x, wk)[:, :1] + linear(x, wv)[:, :1])
+                    x = x + torch.tanh(linear(h, wo))
+                    x = x + linear(torch.tanh(linear(x, wg)) * linear(x, wu), wd)
+                x = x + 1e-9 * linear(x, t_head).max()
+        return x
+
+    x0 = jnp.zeros((rows, cfg.d_model), jnp.float32)
+    mats_j = jax.device_put(mats)
+
+    def run_jax(steps):
+        return jax.block_until_ready(jax_chain(x0, mats_j, head, steps))
+
+    def run_torch(steps):
+        return torch_chain(torch.zeros(rows, cfg.d_model), steps)
+
+    return run_jax, run_torch
+
+
+def _floor_ms(run, steps: int, repeats: int) -> float:
+    run(2)  # compile / warm up
+    seconds, _ = _best_of(lambda: run(steps), repeats)
+    return 1000.0 * seconds / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='tiny sizes, for a smoke run')
@@ -114,6 +189,21 @@ def main() -> None:
         print(f'{name}: jax {ours_tps:.1f} tok/s, hf {hf_tps:.1f} tok/s', file=sys.stderr)
         if name == 'greedy_b1':
             res['greedy_tokens_match'] = ours_out[0][0].tokens == hf_out[0, 64:].tolist()
+    # The weight-streaming floor of a step (see `_matvec_chains`), per framework.
+    for rows, name in ((1, 'greedy_b1'), (8, 'greedy_b8')):
+        run_jax, run_torch = _matvec_chains(cfg, params, rows)
+        floor_jax = _floor_ms(run_jax, 32, args.repeats)
+        floor_torch = _floor_ms(run_torch, 32, args.repeats)
+        ours_ms = 1000.0 * rows / res[f'{name}_tokens_per_s_jax']
+        hf_ms = 1000.0 * rows / res[f'{name}_tokens_per_s_hf']
+        res[f'matvec_floor_ms_b{rows}_jax'] = round(floor_jax, 3)
+        res[f'matvec_floor_ms_b{rows}_torch'] = round(floor_torch, 3)
+        res[f'{name}_ms_per_step_jax'] = round(ours_ms, 3)
+        res[f'{name}_ms_per_step_hf'] = round(hf_ms, 3)
+        # <= 1: how close a step comes to XLA's own matmul floor;
+        res[f'{name}_floor_over_step_jax'] = round(floor_jax / ours_ms, 3)
+        # the speedup over HF this machine allows with XLA's matmuls if all else were free.
+        res[f'{name}_speedup_bound_vs_hf'] = round(hf_ms / floor_jax, 3)
     ms = {}
     for n in (64, 512):
         tps, _ = _ours(gen, prompts1, n, args.repeats)
