@@ -2,8 +2,10 @@
 
 For smoke tests, benchmarks and the resume tests (no tokenizer or tfds needed). Each row is
 a run of consecutive ids (start random, `next = id + 1`, wrapped into [3, V)), right-padded
-to a random length, so a model can learn it and masks/weights are exercised. Batch i depends
-only on (seed, process_index, i): the iterator state is the batch index.
+to a random length, so a model can learn it and masks/weights are exercised. Row r of the
+GLOBAL batch i depends only on (seed, i, r): a process holds the global rows
+[process_index * B, (process_index + 1) * B), so any number of processes sees the same global
+batches. The iterator state is the batch index.
 """
 
 from __future__ import annotations
@@ -74,16 +76,20 @@ def make_iterator(
     Args:
       model_kind: 'decoder' or 'encoder_decoder'.
       seq_lens: {'input': L} or {'encoder': S, 'decoder': T}.
+      batch_size: rows per process (B); process p yields global rows [p * B, (p + 1) * B).
       num_batches: None = endless.
     """
 
-    def make(i: int) -> dict:
-        rng = np.random.default_rng([seed, process_index, i])
+    def row(i: int, global_row: int) -> dict:
+        rng = np.random.default_rng([seed, i, global_row])
         if model_kind == 'decoder':
-            return decoder_batch(rng, batch_size, seq_lens['input'], vocab_size)
-        return encoder_decoder_batch(
-            rng, batch_size, seq_lens['encoder'], seq_lens['decoder'], vocab_size
-        )
+            return decoder_batch(rng, 1, seq_lens['input'], vocab_size)
+        return encoder_decoder_batch(rng, 1, seq_lens['encoder'], seq_lens['decoder'], vocab_size)
+
+    def make(i: int) -> dict:
+        first = process_index * batch_size
+        rows = [row(i, first + r) for r in range(batch_size)]
+        return {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
 
     n = num_batches if num_batches is not None else 2**31 - 1
     return iter(grain.MapDataset.range(n).map(make).to_iter_dataset())
