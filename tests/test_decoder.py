@@ -20,6 +20,26 @@ from codellm_jax.models.model_config import RopeScaling
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Jitted (cfg static): eager op-by-op dispatch would dominate the test time.
 _forward = jax.jit(decoder.forward, static_argnums=1)
+_step = jax.jit(decoder.forward_with_cache, static_argnums=1)
+
+
+def _decode_in_chunks(params, cfg, tokens_BxT, cache_len, bounds):
+    """(logits [B, T, V], cache): `tokens` fed through the cache in chunks [lo, hi) of
+    `bounds` (contiguous from 0), from an empty cache, at positions 0..T-1."""
+    b, t = tokens_BxT.shape
+    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
+    cache = decoder.init_cache(cfg, b, cache_len)
+    outs = []
+    for lo, hi in bounds:
+        logits, cache = _step(params, cfg, tokens_BxT[:, lo:hi], pos[:, lo:hi], cache)
+        outs.append(logits)
+    return jnp.concatenate(outs, 1), cache
+
+
+def _prefill_then_steps(prefill, t):
+    """Chunk bounds: the first `prefill` tokens in one call, then one token per call."""
+    return [(0, prefill)] + [(i, i + 1) for i in range(prefill, t)]
+
 
 TINY = tiny_models.decoder_config(tiny_models.DECODER, max_seq_len=64, rope_theta=10000.0)
 
@@ -196,25 +216,14 @@ def test_cache_decode_matches_forward(num_kv_heads, scan):
     b, t = 2, 10
     tokens = _tokens((b, t))
     full = _forward(params, cfg, tokens)
-    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
-    step = jax.jit(lambda p, x, q, c: decoder.forward_with_cache(p, cfg, x, q, c))
 
     # Token by token from an empty cache.
-    cache = decoder.init_cache(cfg, b, 16)
-    outs = []
-    for i in range(t):
-        logits, cache = step(params, tokens[:, i : i + 1], pos[:, i : i + 1], cache)
-        outs.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-4, rtol=1e-4)
+    got, _ = _decode_in_chunks(params, cfg, tokens, 16, _prefill_then_steps(1, t))
+    np.testing.assert_allclose(got, full, atol=1e-4, rtol=1e-4)
 
     # Prefill 6, then steps.
-    cache = decoder.init_cache(cfg, b, 16)
-    logits, cache = step(params, tokens[:, :6], pos[:, :6], cache)
-    outs = [logits]
-    for i in range(6, t):
-        logits, cache = step(params, tokens[:, i : i + 1], pos[:, i : i + 1], cache)
-        outs.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-4, rtol=1e-4)
+    got, cache = _decode_in_chunks(params, cfg, tokens, 16, _prefill_then_steps(6, t))
+    np.testing.assert_allclose(got, full, atol=1e-4, rtol=1e-4)
     assert len(cache['self']) == 2
     assert cache['self'][0]['k'].shape == (b, num_kv_heads, 16, 16)
 
@@ -231,15 +240,14 @@ def test_ragged_prefill_in_one_call(num_kv_heads, scan):
     for r, n in enumerate(lengths):
         prompt[r, :n] = seqs[r, :n]
     prompt = jnp.asarray(prompt)
-    step = jax.jit(lambda p, x, q, c: decoder.forward_with_cache(p, cfg, x, q, c))
     cache = decoder.init_cache(cfg, 3, 16)
-    logits, cache = step(params, prompt, jnp.broadcast_to(jnp.arange(pad), (3, pad)), cache)
+    logits, cache = _step(params, cfg, prompt, jnp.broadcast_to(jnp.arange(pad), (3, pad)), cache)
     got = {r: [logits[r, :n]] for r, n in enumerate(lengths)}
     # Continue every row at its own position len_b, feeding its true next tokens.
     for i in range(total - max(lengths)):
         pos = jnp.asarray([[n + i] for n in lengths])
         tok = jnp.asarray([[seqs[r, n + i]] for r, n in enumerate(lengths)])
-        logits, cache = step(params, tok, pos, cache)
+        logits, cache = _step(params, cfg, tok, pos, cache)
         for r in range(3):
             got[r].append(logits[r])
     full = _forward(params, cfg, seqs)  # causal: row r's prefix logits are its own
@@ -269,14 +277,9 @@ def test_chunks_after_a_prefill_and_per_layer_params_match_forward():
     b, t = 2, 11
     tokens = _tokens((b, t), seed=7)
     full = _forward(params, cfg, tokens)
-    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
-    step = jax.jit(lambda p, x, q, c: decoder.forward_with_cache(p, cfg, x, q, c))
-    cache = decoder.init_cache(cfg, b, 16)
-    outs = []
-    for lo, hi in [(0, 4), (4, 7), (7, 8), (8, 11)]:
-        logits, cache = step(per_layer, tokens[:, lo:hi], pos[:, lo:hi], cache)
-        outs.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-4, rtol=1e-4)
+    bounds = [(0, 4), (4, 7), (7, 8), (8, 11)]
+    got, _ = _decode_in_chunks(per_layer, cfg, tokens, 16, bounds)
+    np.testing.assert_allclose(got, full, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize('max_row_updates', [16, 0])  # per-row updates, one scatter
@@ -303,15 +306,8 @@ def test_many_rows_decode_through_the_scatter_write():
     b, t = 17, 6
     tokens = _tokens((b, t), seed=9)
     full = _forward(decoder.stack_layers(params), cfg, tokens)
-    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
-    step = jax.jit(lambda p, x, q, c: decoder.forward_with_cache(p, cfg, x, q, c))
-    cache = decoder.init_cache(cfg, b, 8)
-    logits, cache = step(params, tokens[:, :3], pos[:, :3], cache)
-    outs = [logits]
-    for i in range(3, t):
-        logits, cache = step(params, tokens[:, i : i + 1], pos[:, i : i + 1], cache)
-        outs.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-4, rtol=1e-4)
+    got, _ = _decode_in_chunks(params, cfg, tokens, 8, _prefill_then_steps(3, t))
+    np.testing.assert_allclose(got, full, atol=1e-4, rtol=1e-4)
 
 
 def test_decode_loop_updates_the_cache_in_place():
