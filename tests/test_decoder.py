@@ -14,7 +14,8 @@ import pytest
 import tiny_models
 
 from codellm_jax import config as config_lib
-from codellm_jax.models import decoder, layers
+from codellm_jax.decoding import phases
+from codellm_jax.models import decoder, kv_cache, layers
 from codellm_jax.models.model_config import RopeScaling
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,15 +24,24 @@ _forward = jax.jit(decoder.forward, static_argnums=1)
 _step = jax.jit(decoder.forward_with_cache, static_argnums=1)
 
 
-def _decode_in_chunks(params, cfg, tokens_BxT, cache_len, bounds):
-    """(logits [B, T, V], cache): `tokens` fed through the cache in chunks [lo, hi) of
-    `bounds` (contiguous from 0), from an empty cache, at positions 0..T-1."""
+def _decode_in_chunks(params, cfg, tokens_BxT, block_sizes, bounds, positions_BxT=None):
+    """(logits [B, T, V], cache): `tokens` fed through an empty blocked cache in chunks
+    [lo, hi) of `bounds` (contiguous from 0), at positions 0..T-1 (or `positions_BxT`).
+
+    Slot i holds token i: each chunk is written by a call that sees the blocks up to the
+    one holding its slots, as a decoding loop phase does.
+    """
     b, t = tokens_BxT.shape
-    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
-    cache = decoder.init_cache(cfg, b, cache_len)
+    pos = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions_BxT is None else positions_BxT
+    cache = decoder.init_cache(cfg, b, block_sizes)
+    starts = np.cumsum((0,) + tuple(block_sizes))
     outs = []
     for lo, hi in bounds:
-        logits, cache = _step(params, cfg, tokens_BxT[:, lo:hi], pos[:, lo:hi], cache)
+        j = int(np.searchsorted(starts, lo, side='right')) - 1
+        assert hi <= starts[j + 1], f'chunk {lo}..{hi} crosses a block boundary'
+        view = phases.view(cache, j + 1, lo - starts[j])
+        logits, view = _step(params, cfg, tokens_BxT[:, lo:hi], pos[:, lo:hi], view)
+        cache = phases.merge(cache, view)
         outs.append(logits)
     return jnp.concatenate(outs, 1), cache
 
@@ -217,15 +227,17 @@ def test_cache_decode_matches_forward(num_kv_heads, scan):
     tokens = _tokens((b, t))
     full = _forward(params, cfg, tokens)
 
-    # Token by token from an empty cache.
-    got, _ = _decode_in_chunks(params, cfg, tokens, 16, _prefill_then_steps(1, t))
+    # Token by token from an empty cache of one block.
+    got, _ = _decode_in_chunks(params, cfg, tokens, (16,), _prefill_then_steps(1, t))
     np.testing.assert_allclose(got, full, atol=1e-4, rtol=1e-4)
 
-    # Prefill 6, then steps.
-    got, cache = _decode_in_chunks(params, cfg, tokens, 16, _prefill_then_steps(6, t))
+    # Prefill 6, then steps through two more blocks (each call sees the filled blocks only).
+    got, cache = _decode_in_chunks(params, cfg, tokens, (6, 3, 7), _prefill_then_steps(6, t))
     np.testing.assert_allclose(got, full, atol=1e-4, rtol=1e-4)
-    assert len(cache['self']) == 2
-    assert cache['self'][0]['k'].shape == (b, num_kv_heads, 16, 16)
+    assert [len(blk['layers']) for blk in cache['blocks']] == [2, 2, 2]
+    assert cache['blocks'][2]['layers'][0]['k'].shape == (b, num_kv_heads, 7, 16)
+    assert cache['blocks'][2]['layers'][0]['v'].shape == (b, num_kv_heads, 16, 7)
+    np.testing.assert_array_equal(cache['blocks'][2]['pos'], [[9, -1, -1, -1, -1, -1, -1]] * b)
 
 
 @pytest.mark.parametrize('num_kv_heads, scan', KV_CASES)
@@ -240,20 +252,28 @@ def test_ragged_prefill_in_one_call(num_kv_heads, scan):
     for r, n in enumerate(lengths):
         prompt[r, :n] = seqs[r, :n]
     prompt = jnp.asarray(prompt)
-    cache = decoder.init_cache(cfg, 3, 16)
-    logits, cache = _step(params, cfg, prompt, jnp.broadcast_to(jnp.arange(pad), (3, pad)), cache)
+    cache = decoder.init_cache(cfg, 3, (pad, 4))
+    prompt_pos = phases.prefill_positions(jnp.asarray(lengths), pad)  # pads at -1
+    logits, first = _step(params, cfg, prompt, prompt_pos, phases.view(cache, 1, 0))
+    cache = phases.merge(cache, first)
     got = {r: [logits[r, :n]] for r, n in enumerate(lengths)}
-    # Continue every row at its own position len_b, feeding its true next tokens.
+    # Continue every row at its own position len_b, feeding its true next tokens; all
+    # rows write the same slot of block 1.
     for i in range(total - max(lengths)):
         pos = jnp.asarray([[n + i] for n in lengths])
         tok = jnp.asarray([[seqs[r, n + i]] for r, n in enumerate(lengths)])
-        logits, cache = _step(params, cfg, tok, pos, cache)
+        logits, view = _step(params, cfg, tok, pos, phases.view(cache, 2, i))
+        cache = phases.merge(cache, view)
         for r in range(3):
             got[r].append(logits[r])
     full = _forward(params, cfg, seqs)  # causal: row r's prefix logits are its own
     for r, n in enumerate(lengths):
         want = full[r, : n + total - max(lengths)]
         np.testing.assert_allclose(jnp.concatenate(got[r], 0), want, atol=1e-4, rtol=1e-4)
+    np.testing.assert_array_equal(cache['blocks'][0]['pos'][0], [0, 1, 2, -1, -1, -1])
+    np.testing.assert_array_equal(
+        cache['blocks'][1]['pos'][:, :3], [[3, 4, 5], [6, 7, 8], [1, 2, 3]]
+    )
 
 
 def test_chunks_after_a_prefill_and_per_layer_params_match_forward():
@@ -278,43 +298,45 @@ def test_chunks_after_a_prefill_and_per_layer_params_match_forward():
     tokens = _tokens((b, t), seed=7)
     full = _forward(params, cfg, tokens)
     bounds = [(0, 4), (4, 7), (7, 8), (8, 11)]
-    got, _ = _decode_in_chunks(per_layer, cfg, tokens, 16, bounds)
+    got, _ = _decode_in_chunks(per_layer, cfg, tokens, (7, 4, 5), bounds)
     np.testing.assert_allclose(got, full, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize('max_row_updates', [16, 0])  # per-row updates, one scatter
-def test_cache_write_that_does_not_fit_leaves_the_row_unchanged(max_row_updates):
-    cache = jnp.zeros((3, 1, 4, 3))
-    new = jnp.arange(3 * 2 * 3, dtype=jnp.float32).reshape(3, 1, 2, 3) + 1
-    start = jnp.asarray([1, 3, 0])
-    out = layers.write_cache_slots(cache, new, start, 2, jnp.zeros(1), max_row_updates)
-    np.testing.assert_array_equal(out[0, 0, 1:3], new[0, 0])
-    np.testing.assert_array_equal(out[0, 0, [0, 3]], 0)
-    np.testing.assert_array_equal(out[1], np.zeros((1, 4, 3)))
-    np.testing.assert_array_equal(out[2, 0, :2], new[2, 0])
+def test_cache_write_fills_the_same_slots_of_every_row_or_nothing():
+    cache = jnp.zeros((3, 1, 5, 2))
+    new = jnp.arange(3 * 2 * 2, dtype=jnp.float32).reshape(3, 1, 2, 2) + 1
+    out = kv_cache.write(cache, new, jnp.int32(2), 2, jnp.zeros(1))
+    np.testing.assert_array_equal(out[:, :, 2:4], new)
+    np.testing.assert_array_equal(out[:, :, [0, 1, 4]], 0)
     # The value layout: slots on the last axis.
-    cache_v = jnp.zeros((3, 1, 3, 4))
-    new_v = jnp.swapaxes(new, 2, 3)
-    out_v = layers.write_cache_slots(cache_v, new_v, start, 3, jnp.zeros(1), max_row_updates)
+    out_v = kv_cache.write(jnp.zeros((3, 1, 2, 5)), jnp.swapaxes(new, 2, 3), 2, 3, jnp.zeros(1))
     np.testing.assert_array_equal(out_v, jnp.swapaxes(out, 2, 3))
+    # Past the end: nothing is written (dynamic_update_slice alone would clamp and write).
+    for index in (4, -1):
+        out = kv_cache.write(cache + 7, new, jnp.int32(index), 2, jnp.zeros(1))
+        np.testing.assert_array_equal(out, cache + 7)
+    # NaN in the attention output stays visible in the written keys.
+    out = kv_cache.write(cache, new, jnp.int32(0), 2, jnp.full(1, jnp.nan))
+    assert bool(jnp.all(jnp.isnan(out[:, :, :2])))
+    with pytest.raises(ValueError, match='writes 2 slots into a cache block of 1'):
+        kv_cache.write(jnp.zeros((3, 1, 1, 2)), new, jnp.int32(0), 2, jnp.zeros(1))
 
 
-def test_many_rows_decode_through_the_scatter_write():
-    """More rows than `write_cache_slots` updates one by one: the scatter path."""
-    cfg = _cfg(2, True)
-    params = decoder.unstack_layers(_params(cfg))
-    b, t = 17, 6
-    tokens = _tokens((b, t), seed=9)
-    full = _forward(decoder.stack_layers(params), cfg, tokens)
-    got, _ = _decode_in_chunks(params, cfg, tokens, 8, _prefill_then_steps(3, t))
-    np.testing.assert_allclose(got, full, atol=1e-4, rtol=1e-4)
+def test_key_mask_hides_empty_slots_and_the_future():
+    pos = jnp.asarray([[0, 1, -1, 3], [5, -1, 2, 7]])
+    got = kv_cache.key_mask(pos, jnp.asarray([[1, -1], [6, 2]]))
+    want = [
+        [[1, 1, 0, 0], [0, 0, 0, 0]],
+        [[1, 0, 1, 0], [0, 0, 1, 0]],
+    ]
+    np.testing.assert_array_equal(got, np.asarray(want, bool))
 
 
 def test_decode_loop_updates_the_cache_in_place():
     """The compiled decoding loop never copies or transposes a cache-sized buffer.
 
     Guards the layout and ordering choices of `layers.cached_attention` and
-    `layers.write_cache_slots`: each broken one shows up here as per-step copies.
+    `kv_cache.write`: each broken one shows up here as per-step copies.
     """
     cfg = dataclasses.replace(TINY, num_kv_heads=4, max_seq_len=256)
     params = decoder.unstack_layers(_params(cfg))
@@ -466,7 +488,7 @@ def test_bf16_compute_and_params():
     # bf16 has ~3 significant digits; the argmax of most positions agrees with f32.
     assert np.mean(np.argmax(logits, -1) == np.argmax(f32, -1)) > 0.8
     cache = decoder.init_cache(cfg, 2, 8)
-    assert cache['self'][0]['k'].dtype == jnp.bfloat16
+    assert cache['blocks'][0]['layers'][0]['k'].dtype == jnp.bfloat16
 
 
 def test_attention_core_against_brute_force():
@@ -509,6 +531,18 @@ def test_bad_inputs_raise_clear_errors():
         decoder.init_cache(TINY, 1, TINY.max_seq_len + 1)
     with pytest.raises(ValueError, match='num_kv_heads'):
         dataclasses.replace(TINY, num_kv_heads=3)
+    with pytest.raises(ValueError, match='blocks'):
+        decoder.forward_with_cache(
+            _params(TINY), TINY, jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 2), jnp.int32), {}
+        )
+    with pytest.raises(ValueError, match='rows but the tokens have 2'):
+        decoder.forward_with_cache(
+            _params(TINY),
+            TINY,
+            jnp.zeros((2, 1), jnp.int32),
+            jnp.zeros((2, 1), jnp.int32),
+            decoder.init_cache(TINY, 1, 4),
+        )
     with pytest.raises(ValueError, match='positions shape'):
         decoder.forward_with_cache(
             _params(TINY),

@@ -32,26 +32,43 @@ def _chain(vocab: int, seed: int, eos: int | None = None) -> np.ndarray:
 
 
 def _markov_callback(table: np.ndarray):
-    """tokens_to_logits for the chain; cache = {'self': {'tok': int32[R, S]}}."""
+    """tokens_to_logits for the chain over a blocked cache of tokens (`_cache`).
+
+    Follows the contract of `codellm_jax.models.kv_cache`: the previous token of a query at
+    position p is the cached or new token at position p - 1; this call's tokens are
+    written at `index` of the last block. A wrong cache view, write slot or beam reorder
+    changes the logits.
+    """
     table = jnp.asarray(table)
 
     def tokens_to_logits(tokens_RxT, positions_RxT, cache):
-        tok_RxS = cache['self']['tok']
-        rows = jnp.arange(tokens_RxT.shape[0])[:, None]
-        tok_RxS = tok_RxS.at[rows, positions_RxT].set(tokens_RxT)
-        prev_RxT = jnp.where(
-            positions_RxT > 0,
-            jnp.take_along_axis(tok_RxS, jnp.maximum(positions_RxT - 1, 0), axis=1),
-            0,
-        )
+        blocks, index = cache['blocks'], cache['index']
+        pos_RxS = jnp.concatenate([b['pos'] for b in blocks] + [positions_RxT], axis=1)
+        tok_RxS = jnp.concatenate([b['tok'] for b in blocks] + [tokens_RxT], axis=1)
+        want_RxT = positions_RxT - 1
+        hit_RxTxS = (pos_RxS[:, None, :] == want_RxT[:, :, None]) & (want_RxT[:, :, None] >= 0)
+        prev_RxT = jnp.sum(jnp.where(hit_RxTxS, tok_RxS[:, None, :], 0), axis=-1)
         logits = table[prev_RxT, tokens_RxT]
-        return logits, {'self': {'tok': tok_RxS}}
+        last = blocks[-1]
+        new_last = {
+            'pos': jax.lax.dynamic_update_slice(last['pos'], positions_RxT, (0, index)),
+            'tok': jax.lax.dynamic_update_slice(last['tok'], tokens_RxT, (0, index)),
+        }
+        new_cache = {**cache, 'blocks': (*blocks[:-1], new_last)}
+        return logits, {**new_cache, 'index': index + tokens_RxT.shape[1]}
 
     return tokens_to_logits
 
 
-def _cache(rows: int, slots: int):
-    return {'self': {'tok': jnp.zeros((rows, slots), jnp.int32)}}
+def _cache(rows: int, width: int, n_new: int, block: int = 3):
+    """A blocked token cache: the prompt's block, then `block`-slot blocks (several loop
+    phases even for short generations)."""
+    sizes = decoding.cache_blocks(width, n_new, block)
+    blocks = tuple(
+        {'pos': jnp.full((rows, s), -1, jnp.int32), 'tok': jnp.zeros((rows, s), jnp.int32)}
+        for s in sizes
+    )
+    return {'blocks': blocks, 'index': jnp.int32(0)}
 
 
 def _seq_logprob(table, prompt, seq) -> float:
@@ -94,7 +111,7 @@ def _run_decode(prompt, lens, keys, table, *, policy, n_new, eos_ids=(), stops=N
     stop_arr = None if stops is None else decoding.stop_sequence_array(stops)
     return decoding.decode(
         _markov_callback(table),
-        _cache(prompt.shape[0], prompt.shape[1] + n_new),
+        _cache(prompt.shape[0], prompt.shape[1], n_new),
         prompt,
         lens,
         policy=policy,
@@ -173,7 +190,7 @@ def test_loop_exits_early_when_all_rows_stop():
     def run(prompt, lens):
         return decoding.decode(
             eos_after_two,
-            _cache(2, 100),
+            _cache(2, 2, 90, block=30),
             prompt,
             lens,
             policy=decoding.Greedy(),
@@ -281,7 +298,7 @@ def _run_beam(table, prompts, n_new, nb, eos_ids=(), **kw):
     def run(prompt, lens):
         return decoding.beam_search(
             _markov_callback(table),
-            _cache(prompt.shape[0] * nb, prompt.shape[1] + n_new),
+            _cache(prompt.shape[0] * nb, prompt.shape[1], n_new),
             prompt,
             lens,
             num_beams=nb,
@@ -359,22 +376,44 @@ def test_one_beam_equals_greedy(eos_ids):
     )
 
 
-def test_reorder_cache_gathers_only_self_along_the_batch_axis():
+def test_reorder_cache_gathers_only_the_blocks_along_the_row_axis():
     cache = {
-        'self': (
-            {'k': jnp.arange(3 * 2).reshape(3, 2)},
-            {'k': jnp.arange(3 * 2).reshape(3, 2) + 9},
+        'blocks': (
+            {'pos': jnp.arange(3 * 2).reshape(3, 2), 'k': jnp.arange(3 * 4).reshape(3, 2, 2)},
+            {'pos': jnp.arange(3 * 1).reshape(3, 1) + 9, 'k': jnp.arange(3).reshape(3, 1, 1)},
         ),
+        'index': jnp.int32(1),
         'cross': {'k': jnp.arange(4).reshape(1, 2, 2)},
     }
     rows = jnp.asarray([2, 2, 0])
     out = decoding.reorder_cache(cache, rows)
-    for layer in range(2):
-        np.testing.assert_array_equal(out['self'][layer]['k'], cache['self'][layer]['k'][rows])
+    leaves = zip(jax.tree.leaves(out['blocks']), jax.tree.leaves(cache['blocks']), strict=True)
+    for got, want in leaves:
+        np.testing.assert_array_equal(got, want[rows])
     assert out['cross']['k'] is cache['cross']['k']
-    stacked = {'self': {'k': jnp.arange(2 * 3 * 2).reshape(2, 3, 2)}}
-    out = decoding.reorder_cache(stacked, rows, batch_axis=1)
-    np.testing.assert_array_equal(out['self']['k'], stacked['self']['k'][:, rows])
+    assert out['index'] is cache['index']
+
+
+def test_phase_plan_covers_every_step_once_in_its_block():
+    # Prompt width 4 in a 6-slot first block, then blocks of 3, 3, 4: 13 new tokens.
+    sizes, width, n_new = (6, 3, 3, 4), 4, 13
+    phases = decoding.phases.plan(sizes, width, n_new)
+    steps = [s for ph in phases for s in range(ph.first_step, ph.end_step)]
+    assert steps == list(range(1, n_new))
+    starts = np.cumsum((0,) + sizes)
+    for ph in phases:
+        for s in range(ph.first_step, ph.end_step):
+            slot = width + s - 1
+            assert starts[ph.num_blocks - 1] <= slot < starts[ph.num_blocks]
+            assert ph.block_start == starts[ph.num_blocks - 1]
+    assert [ph.num_blocks for ph in phases] == [1, 2, 3, 4]
+    assert decoding.cache_blocks(4, 13, 5) == (4, 5, 5, 2)
+    assert decoding.cache_blocks(4, 13, 0) == (16,)
+    assert decoding.cache_blocks(4, 1, 5) == (4,)
+    with pytest.raises(ValueError, match='need 16'):
+        decoding.phases.plan((4, 5, 5, 1), 4, 13)
+    with pytest.raises(ValueError, match='first cache block'):
+        decoding.phases.plan((3, 20), 4, 13)
 
 
 def test_bad_sampling_settings_are_rejected():

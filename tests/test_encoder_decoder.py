@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from codellm_jax import config as config_lib
+from codellm_jax.decoding import phases
 from codellm_jax.models import encoder_decoder as ed
 from codellm_jax.models import t5_layers
 from codellm_jax.models.model_config import EncoderDecoderConfig
@@ -167,23 +168,27 @@ def test_cache_step_by_step_and_prefill_equal_full_decode(feed_forward, n):
     # B' = n*B directly (shared encoder rows) gives the same.
     np.testing.assert_allclose(_decode(params, cfg, dec, encoded, mask), want, atol=1e-5)
 
-    cache = ed.init_cache(params, cfg, encoded, mask, batch_size=2 * n, cache_len=t + 2)
-    assert cache['cross']['k'].shape == (3, 2, 9, 4, 8)
-    assert cache['self']['k'].shape == (3, 2 * n, t + 2, 4, 8)
+    cache = ed.init_cache(params, cfg, encoded, mask, batch_size=2 * n, block_sizes=t + 2)
+    assert cache['cross']['k'].shape == (2, 3, 9, 4, 8)
+    assert cache['blocks'][0]['k'].shape == (2 * n, 3, t + 2, 4, 8)
     got = []
     for i in range(t):
         logits, cache = _step(params, cfg, dec[:, i : i + 1], jnp.full((2 * n, 1), i), cache)
         got.append(logits)
     np.testing.assert_allclose(jnp.concatenate(got, axis=1), want, atol=1e-4)
 
-    # Multi-token prefill of 4, then two 1-token steps and a 1-token tail.
-    cache = ed.init_cache(params, cfg, encoded, mask, batch_size=2 * n, cache_len=t + 2)
+    # Multi-token prefill of 4 into block 0, then 1-token steps through blocks 1 and 2,
+    # each call seeing the filled blocks only.
+    cache = ed.init_cache(params, cfg, encoded, mask, batch_size=2 * n, block_sizes=(4, 2, 1))
     pos = jnp.broadcast_to(jnp.arange(t), dec.shape)
     got = []
-    for a, b in ((0, 4), (4, 5), (5, 6), (6, 7)):
-        logits, cache = _step(params, cfg, dec[:, a:b], pos[:, a:b], cache)
+    for a, b, blocks, index in ((0, 4, 1, 0), (4, 5, 2, 0), (5, 6, 2, 1), (6, 7, 3, 0)):
+        view = phases.view(cache, blocks, index)
+        logits, view = _step(params, cfg, dec[:, a:b], pos[:, a:b], view)
+        cache = phases.merge(cache, view)
         got.append(logits)
     np.testing.assert_allclose(jnp.concatenate(got, axis=1), want, atol=1e-4)
+    np.testing.assert_array_equal(cache['blocks'][1]['pos'], [[4, 5]] * (2 * n))
 
 
 def test_cache_ragged_prefill_then_per_row_steps():
@@ -194,14 +199,18 @@ def test_cache_ragged_prefill_then_per_row_steps():
     want = _decode(params, cfg, dec, encoded, mask)
     lens = np.array([3, 5])
     prompt = jnp.where(jnp.arange(5)[None] < lens[:, None], dec[:, :5], 0)  # right-padded
-    cache = ed.init_cache(params, cfg, encoded, mask, batch_size=2, cache_len=8)
-    logits, cache = _step(params, cfg, prompt, jnp.broadcast_to(jnp.arange(5), (2, 5)), cache)
+    cache = ed.init_cache(params, cfg, encoded, mask, batch_size=2, block_sizes=(5, 3))
+    prompt_pos = phases.prefill_positions(jnp.asarray(lens), 5)  # pads at -1
+    logits, view = _step(params, cfg, prompt, prompt_pos, phases.view(cache, 1, 0))
+    cache = phases.merge(cache, view)
     for b in range(2):
         np.testing.assert_allclose(logits[b, : lens[b]], want[b, : lens[b]], atol=1e-4)
     for k in range(3):
         pos = lens + k
         tok = dec[jnp.arange(2), pos][:, None]
-        logits, cache = _step(params, cfg, tok, jnp.asarray(pos)[:, None], cache)
+        view = phases.view(cache, 2, k)  # every row writes slot k of block 1
+        logits, view = _step(params, cfg, tok, jnp.asarray(pos)[:, None], view)
+        cache = phases.merge(cache, view)
         np.testing.assert_allclose(logits[:, 0], want[jnp.arange(2), pos], atol=1e-4)
 
 
@@ -210,9 +219,9 @@ def test_cache_batch_must_be_multiple_of_encoder_batch():
     params = _params(cfg)
     encoded, mask = _encoded(cfg, params, batch=2)
     with pytest.raises(ValueError, match='not a multiple of the encoder batch 2'):
-        ed.init_cache(params, cfg, encoded, mask, batch_size=3, cache_len=4)
+        ed.init_cache(params, cfg, encoded, mask, batch_size=3, block_sizes=4)
     with pytest.raises(ValueError, match='exceeds max_seq_len'):
-        ed.init_cache(params, cfg, encoded, mask, batch_size=2, cache_len=65)
+        ed.init_cache(params, cfg, encoded, mask, batch_size=2, block_sizes=(60, 5))
     with pytest.raises(ValueError, match='not a multiple of encoder batch 2'):
         ed.decode(params, cfg, _tokens(0, (3, 4)), encoded, mask)
 

@@ -186,5 +186,6 @@ def test_sharded_kv_cache_decode_matches_full_forward(reference):
         for tok, p in inputs:
             logits, cache = step(params, tok, p, cache)
             outs.append(logits)
-    assert cache['self'][0]['k'].sharding.spec == cache_sh['self'][0]['k'].spec
+    leaf = cache['blocks'][0]['layers'][0]['k']
+    assert leaf.sharding.spec == cache_sh['blocks'][0]['layers'][0]['k'].spec
     np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-4, rtol=1e-4)

@@ -15,9 +15,9 @@ so sequences and scores match `generate(num_beams=..., do_sample=False)`:
 Length penalties: 'hf' = len ** alpha; 't5x' (GNMT) = ((5 + len) / 6) ** alpha.
 
 The cache holds R = B * num_beams rows (the beams of prompt b are rows b*nb .. b*nb+nb-1). It
-is reordered after each step with a gather along the batch axis of `cache['self']`
-only (see `reorder_cache`), never a one-hot matmul; encoder-decoder cross-attention keys
-and values (B rows, shared by the beams of a row) are never touched.
+is reordered after each step with a gather along the row axis of the filled blocks of
+`cache['blocks']` only (see `reorder_cache`), never a one-hot matmul; encoder-decoder
+cross-attention keys and values (B rows, shared by the beams of a row) are never touched.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from codellm_jax.decoding import phases
 from codellm_jax.decoding.loop import TokensToLogits, ends_with_stop, is_eos, prefill
 
 _BIG = 1.0e9
@@ -76,17 +77,15 @@ def length_penalty_fn(alpha: float, style: str):
     raise ValueError(f"length_penalty_style={style!r}; expected 'hf' (len^a) or 't5x' (GNMT).")
 
 
-def reorder_cache(cache: Any, rows_R: jax.Array, batch_axis: int = 0) -> Any:
-    """Gathers rows of `cache['self']` along `batch_axis` of every leaf; the rest is kept.
+def reorder_cache(cache: Any, rows_R: jax.Array) -> Any:
+    """Gathers rows of every leaf of `cache['blocks']` along axis 0; the rest is kept.
 
-    Leaves are [R, ...] (batch_axis 0, per-layer caches) or [L, R, ...] (batch_axis 1,
-    caches stacked over layers). A cache that is not a dict with a 'self' entry is
-    reordered entirely.
+    In a loop phase the cache is a view of the filled blocks (`phases`), so only those are
+    reordered. Entries outside 'blocks' (an encoder-decoder's cross-attention keys) are
+    shared by the beams of a row and never touched.
     """
-    take = lambda x: jnp.take(x, rows_R, axis=batch_axis)
-    if isinstance(cache, dict) and 'self' in cache:
-        return {**cache, 'self': jax.tree.map(take, cache['self'])}
-    return jax.tree.map(take, cache)
+    take = lambda x: jnp.take(x, rows_R, axis=0)
+    return {**cache, 'blocks': jax.tree.map(take, cache['blocks'])}
 
 
 def _gather(x_BxKx: jax.Array, idx_BxJ: jax.Array) -> jax.Array:
@@ -109,14 +108,12 @@ def beam_search(
     length_penalty: float = 1.0,
     length_penalty_style: str = 'hf',
     early_stopping: bool | str = False,
-    cache_batch_axis: int = 0,
 ) -> BeamResult:
     """Beam search; see the module docstring for the semantics.
 
     Args:
       tokens_to_logits: the model callback (see `codellm_jax.decoding.loop`).
-      cache: KV cache with R = B * num_beams rows (in `cache['self']`, on axis
-        `cache_batch_axis` of every leaf).
+      cache: blocked KV cache with R = B * num_beams rows (see `decoding.decode`).
       prompt_BxT: int32 right-padded prompts, one per input (repeated to the beams here).
       prompt_len_B: int32 true lengths >= 1.
       num_beams, max_new_tokens, eos_ids, stop_ids_SxM, pad_id, length_penalty,
@@ -228,7 +225,7 @@ def beam_search(
         return (state.step < n_new) & ~jnp.all(row_done(state))
 
     def body(state: BeamState) -> BeamState:
-        cache = reorder_cache(state.cache, state.parents_R, cache_batch_axis)
+        cache = reorder_cache(state.cache, state.parents_R)
         last_Rx1 = jax.lax.dynamic_slice(
             state.run_tokens_BxNbxN, (0, 0, state.step - 1), (batch, nb, 1)
         ).reshape(rows, 1)
@@ -237,7 +234,7 @@ def beam_search(
         return step_fn(state.replace(cache=cache), logits_Rx1xV[:, 0])
 
     state = step_fn(state, logits_RxV)
-    state = jax.lax.while_loop(cond, body, state)
+    state = phases.while_in_phases(cond, body, state, prompt_BxT.shape[1], n_new)
     return BeamResult(
         tokens_BxNbxN=state.fin_tokens_BxNbxN,
         scores_BxNb=state.fin_scores_BxNb,

@@ -1,12 +1,13 @@
 """Greedy and sampled decoding in one `lax.while_loop`, knowing nothing of the model.
 
 The model is a callback `tokens_to_logits(tokens_RxT, positions_RxT, cache) ->
-(logits_RxTxV, cache)` that writes the keys/values of token t of row r at cache slot
-`positions[r, t]` and lets a query at position p attend to slots <= p (the contract of
-`codellm_jax.models`). Prompts are RIGHT-padded: all rows prefill in one call at positions
-0..T-1 and the first new token of row r comes from the logits at position `len_r - 1`; row
-r then continues at its own position `len_r + i`, overwriting the stale slots its padding
-wrote before any real query can see them.
+(logits_RxTxV, cache)` over a blocked KV cache (the contract of
+`codellm_jax.models.kv_cache`: a query at position p attends to the cached and new keys at
+positions 0..p; the call writes its keys at the cache's index in its last block). Prompts are
+RIGHT-padded to width T: all rows prefill in one call (pads at position -1) and the first
+new token of row r comes from the logits at `len_r - 1`; row r then continues at its own
+position `len_r + i` while every row writes the same cache slot, T + i. The loop runs in
+phases, one per cache block (`phases`), so attention reads only the filled blocks.
 
 Stopping, per row, whichever comes first:
   * an eos id (the eos token is kept in the output, like Hugging Face);
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from codellm_jax.decoding import phases
 from codellm_jax.decoding.sampling import Greedy, Sampling
 
 Cache = Any
@@ -109,13 +111,18 @@ def prefill(
     prompt_RxT: jax.Array,
     prompt_len_R: jax.Array,
 ) -> tuple[jax.Array, Cache]:
-    """One call over the right-padded prompts; returns (logits_RxV at len_r - 1, cache)."""
+    """One call over the right-padded prompts into the cache's first block.
+
+    Pads get position -1 (never attended to). Returns (logits_RxV at len_r - 1, the whole
+    cache with the prompt written).
+    """
     rows, width = prompt_RxT.shape
-    positions_RxT = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (rows, width))
-    logits_RxTxV, cache = tokens_to_logits(prompt_RxT, positions_RxT, cache)
+    phases.plan(phases.block_sizes(cache), width, 1)  # the prompt fits block 0
+    positions_RxT = phases.prefill_positions(prompt_len_R, width)
+    logits_RxTxV, first = tokens_to_logits(prompt_RxT, positions_RxT, phases.view(cache, 1, 0))
     last_R = jnp.clip(prompt_len_R - 1, 0, width - 1)
     logits_RxV = jnp.take_along_axis(logits_RxTxV, last_R[:, None, None], axis=1)[:, 0]
-    return logits_RxV.astype(jnp.float32), cache
+    return logits_RxV.astype(jnp.float32), phases.merge(cache, first)
 
 
 def row_keys(seed: int | jax.Array, row_ids_R: jax.Array) -> jax.Array:
@@ -141,7 +148,8 @@ def decode(
 
     Args:
       tokens_to_logits: the model callback (see module docstring).
-      cache: the model's KV cache with R rows and room for max(len_r) + max_new_tokens slots.
+      cache: the model's blocked KV cache (`codellm_jax.models.kv_cache`) with R rows,
+        T slots or more in its first block and T + max_new_tokens - 1 in all (`phases`).
       prompt_RxT: int32 right-padded prompts (rows to decode; repeat a prompt for several
         samples of it).
       prompt_len_R: int32 true lengths, >= 1 (encoder-decoders pass the start token).
@@ -218,7 +226,7 @@ def decode(
     # The first token comes from the prefill logits; every loop step then costs exactly one
     # model call, and none is wasted after the last token.
     state = select(state, logits_RxV)
-    state = jax.lax.while_loop(cond, body, state)
+    state = phases.while_in_phases(cond, body, state, prompt_RxT.shape[1], max_new_tokens)
     return DecodeResult(
         tokens_RxN=state.history_RxW[:, max(stop_width - 1, 0) :],
         lengths_R=state.lengths_R,

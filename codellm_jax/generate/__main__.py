@@ -52,6 +52,7 @@ def _define_flags() -> None:
         'num_samples',
         'seed',
         'batch_size',
+        'cache_block',
     ):
         flags.DEFINE_integer(name, getattr(d, name), f'GenerateConfig.{name}.')
     for name in ('length_penalty', 'temperature', 'top_p', 'min_p', 'max_memory_gb'):

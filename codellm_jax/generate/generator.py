@@ -12,8 +12,9 @@ Prompt JSONL: one object per line with "prompt" (text) or "tokens" (ids); other 
 Where things happen:
   * Prompts are RIGHT-padded to a length bucket (powers of two from 16) and batched
     `batch_size` prompts at a time (the last batch padded with dummy prompts), and the KV
-    cache holds bucket + max_new_tokens slots, so a handful of programs serve all prompt
-    lengths. Prompts are processed longest first; results come back in input order.
+    cache holds bucket + max_new_tokens - 1 slots (a block for the prompt, then blocks of
+    `cache_block` slots: the loop attends only to the filled ones), so a handful of
+    programs serve all prompt lengths. Prompts are processed longest first; results come back in input order.
   * Stop conditions INSIDE the jitted loop: eos ids and the token ids of each stop string
     (as the tokenizer encodes it) — they end a row early and save compute.
   * Stop strings AFTER detokenization (exact, whatever the tokenization): `text` is cut
@@ -63,6 +64,9 @@ class GenerateConfig:
       add_bos: prepend the tokenizer's bos to TEXT prompts of a decoder-only model.
       add_eos_to_encoder: append eos to TEXT inputs of an encoder-decoder (T5 convention).
       max_memory_gb: refuse a batch whose estimated memory exceeds this; 0 = the device's.
+      cache_block: slots per block of the generated part of the KV cache; the decoding loop
+        runs one phase per block and attends only to the blocks filled so far (0 = the
+        prompt's block holds everything: one phase, attention over the whole cache).
     """
 
     strategy: str = 'greedy'
@@ -85,6 +89,7 @@ class GenerateConfig:
     add_bos: bool = True
     add_eos_to_encoder: bool = True
     max_memory_gb: float = 0.0
+    cache_block: int = 64
 
     def __post_init__(self):
         if self.strategy not in ('greedy', 'beam', 'sample'):
@@ -93,6 +98,8 @@ class GenerateConfig:
             raise ValueError(f'max_new_tokens={self.max_new_tokens} must be >= 1.')
         if self.batch_size < 1:
             raise ValueError(f'batch_size={self.batch_size} must be >= 1.')
+        if self.cache_block < 0:
+            raise ValueError(f'cache_block={self.cache_block} must be >= 0 (0 = one block).')
         if self.truncate_prompt not in ('error', 'left'):
             raise ValueError(f"truncate_prompt={self.truncate_prompt!r}; use 'error' or 'left'.")
         if self.strategy == 'beam':
@@ -156,17 +163,15 @@ def _rows_per_prompt(spec: _Spec, gen_cfg: GenerateConfig) -> int:
     return spec.num_beams if spec.strategy == 'beam' else gen_cfg.samples_per_prompt
 
 
-@functools.partial(jax.jit, static_argnames=('spec', 'rows', 'cache_len'))
-def _init_cache(params, inputs_BxS, *, spec: _Spec, rows: int, cache_len: int):
-    """The zeroed decoder cache; for encoder-decoders, encode once and project cross k/v."""
+@functools.partial(jax.jit, static_argnames=('spec', 'rows', 'blocks'))
+def _init_cache(params, inputs_BxS, *, spec: _Spec, rows: int, blocks: tuple[int, ...]):
+    """The empty blocked cache; for encoder-decoders, encode once and project cross k/v."""
     if spec.model_kind == 'decoder':
-        return decoder.init_cache(spec.model_cfg, rows, cache_len)
+        return decoder.init_cache(spec.model_cfg, rows, blocks)
     mask_BxS = inputs_BxS >= 0
     tokens_BxS = jnp.where(mask_BxS, inputs_BxS, 0)
     encoded_BxSxD = encoder_decoder.encode(params, spec.model_cfg, tokens_BxS, mask_BxS)
-    return encoder_decoder.init_cache(
-        params, spec.model_cfg, encoded_BxSxD, mask_BxS, rows, cache_len
-    )
+    return encoder_decoder.init_cache(params, spec.model_cfg, encoded_BxSxD, mask_BxS, rows, blocks)
 
 
 @functools.partial(jax.jit, static_argnames=('spec',), donate_argnames=('cache',))
@@ -198,8 +203,6 @@ def _generate_batch(params, cache, prompt_BxT, prompt_len_B, row_ids_R, seed, *,
             length_penalty=spec.length_penalty,
             length_penalty_style=spec.length_penalty_style,
             early_stopping=spec.early_stopping,
-            # Decoder caches are per-layer [R, ...]; T5's self cache is stacked [L, R, ...].
-            cache_batch_axis=0 if spec.model_kind == 'decoder' else 1,
         )
         return out.tokens_BxNbxN, out.lengths_BxNb, out.scores_BxNb, out.cache
     n = row_ids_R.shape[0] // batch
@@ -350,15 +353,17 @@ class Generator:
             early_stopping=gen_cfg.early_stopping,
         )
 
-    def _shapes(self, longest: int, gen_cfg: GenerateConfig) -> tuple[int, int]:
-        """(padded prompt width, cache length) for a batch whose longest prompt is `longest`."""
+    def _shapes(self, longest: int, gen_cfg: GenerateConfig) -> tuple[int, tuple[int, ...]]:
+        """(padded prompt width, cache block sizes) for a batch whose longest prompt is
+        `longest`."""
         n_new, max_len = gen_cfg.max_new_tokens, self.model_cfg.max_seq_len
         buckets = decoding.pow2_buckets(_MIN_BUCKET, max_len)
         width = decoding.bucket_length(longest, buckets)
         if self.model_kind == 'decoder':
             width = min(width, max_len - n_new)
-            return width, width + n_new
-        return min(width, max(max_len, longest)), 1 + n_new
+            return width, decoding.cache_blocks(width, n_new, gen_cfg.cache_block)
+        width = min(width, max(max_len, longest))
+        return width, decoding.cache_blocks(1, n_new, gen_cfg.cache_block)
 
     # -- generation -----------------------------------------------------------------------
     def generate(
@@ -397,7 +402,8 @@ class Generator:
 
     def _run_batch(self, spec, gen_cfg, batch_ids, indices, bsz, n_rows):
         longest = max(len(x) for x in batch_ids)
-        width, cache_len = self._shapes(longest, gen_cfg)
+        width, blocks = self._shapes(longest, gen_cfg)
+        cache_len = sum(blocks)
         rows = bsz * n_rows
         budget = gen_cfg.max_memory_gb * 2**30 or _device_memory_bytes()
         need = estimate_memory_bytes(self.model_kind, self.model_cfg, rows, bsz, width, cache_len)
@@ -413,9 +419,7 @@ class Generator:
         inputs[len(batch_ids) :, 0] = 0  # dummy prompts fill the last batch
         row_ids = np.zeros((bsz, n_rows), np.int32)
         row_ids[: len(indices)] = np.asarray(indices)[:, None] * n_rows + np.arange(n_rows)
-        cache = _init_cache(
-            self.params, jnp.asarray(inputs), spec=spec, rows=rows, cache_len=cache_len
-        )
+        cache = _init_cache(self.params, jnp.asarray(inputs), spec=spec, rows=rows, blocks=blocks)
         if self.model_kind == 'decoder':
             prompt = np.maximum(inputs, 0)
             lens = np.maximum((inputs >= 0).sum(1), 1)

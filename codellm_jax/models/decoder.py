@@ -22,9 +22,11 @@ Functional entry points (pure, jittable; `cfg` is static):
   init_params(cfg, rng) -> params
   forward(params, cfg, tokens_BxT, positions_BxT=None, segment_ids_BxT=None) -> logits_BxTxV
   unstack_layers(params) / stack_layers(params): stacked <-> per-layer layout
-  init_cache(cfg, batch_size, cache_len, dtype=None)
-      -> {'self': ({'k': [B, K, S, Dh], 'v': [B, K, Dh, S]}, ...)}  (one dict per layer)
+  init_cache(cfg, batch_size, block_sizes, dtype=None)
+      -> {'blocks': ({'pos': [B, S], 'layers': ({'k': [B, K, S, Dh], 'v': [B, K, Dh, S]},
+                                                ...one per layer)}, ...), 'index': int32[]}
   forward_with_cache(params, cfg, tokens_BxT, positions_BxT, cache) -> (logits_BxTxV, cache)
+      (the blocked-cache contract of `codellm_jax.models.kv_cache`)
 
 Sharding: parameters carry logical axis names (see `param_logical_axes`); activations are
 constrained with `nn.with_logical_constraint`, which is a no-op unless the caller traces
@@ -42,11 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from codellm_jax import axes
-from codellm_jax.models import layers
+from codellm_jax.models import kv_cache, layers
 from codellm_jax.models.model_config import DecoderConfig
 
 Params = dict[str, Any]
-Cache = dict[str, dict[str, jax.Array]]
+Cache = dict[str, Any]
 
 _ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)
 _ACT_HEADS = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.HEAD_DIM)
@@ -68,8 +70,9 @@ def _check_config(cfg: DecoderConfig) -> None:
 class Attention(nn.Module):
     """GQA self-attention with RoPE; optionally reads/writes one layer's KV cache.
 
-    With `kv` = {'k': [B, K, S, Dh], 'v': [B, K, Dh, S]} the mask is unused (see
-    `layers.cached_attention`) and the updated cache is returned; without it, (output, None).
+    With `kv` = (this layer's blocks ((k [B, K, S, Dh], v [B, K, Dh, S], pos [B, S]), ...),
+    write index) the mask is unused (see `layers.cached_attention`) and the last block's
+    updated {'k', 'v'} are returned; without it, (output, None).
     """
 
     cfg: DecoderConfig
@@ -102,17 +105,18 @@ class Attention(nn.Module):
                 q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask_BxTxS, cfg.attention_chunk
             )
         else:
-            # Read the old cache plus the new k/v, then write the new k/v in place.
+            # Read the old blocks plus the new k/v, then write the new k/v in place.
+            layer_blocks, index = kv
             out_BxTxHxDh = layers.cached_attention(
-                q_BxTxHxDh, kv['k'], kv['v'], k_BxTxKxDh, v_BxTxKxDh, positions_BxT
+                q_BxTxHxDh, layer_blocks, k_BxTxKxDh, v_BxTxKxDh, positions_BxT
             )
-            start_B = positions_BxT[:, 0]
+            last_k, last_v, _ = layer_blocks[-1]
             new_kv = {
-                'k': layers.write_cache_slots(
-                    kv['k'], k_BxTxKxDh.transpose(0, 2, 1, 3), start_B, 2, out_BxTxHxDh
+                'k': kv_cache.write(
+                    last_k, k_BxTxKxDh.transpose(0, 2, 1, 3), index, 2, out_BxTxHxDh
                 ),
-                'v': layers.write_cache_slots(
-                    kv['v'], v_BxTxKxDh.transpose(0, 2, 3, 1), start_B, 3, out_BxTxHxDh
+                'v': kv_cache.write(
+                    last_v, v_BxTxKxDh.transpose(0, 2, 3, 1), index, 3, out_BxTxHxDh
                 ),
             }
         out_BxTxHxDh = nn.with_logical_constraint(out_BxTxHxDh, _ACT_HEADS)
@@ -147,8 +151,8 @@ class Decoder(nn.Module):
     """The whole LM.
 
     Without `kv`, the layers are one scanned (or unrolled) stack with stacked params. With
-    `kv`, a tuple of per-layer caches {'k': [B, K, S, Dh], 'v': [B, K, Dh, S]}, the layers run one by one
-    from per-layer params ('layers_0', ...) and the updated caches are returned.
+    `kv`, a blocked cache (`init_cache`), the layers run one by one from per-layer params
+    ('layers_0', ...) and the updated cache is returned.
     """
 
     cfg: DecoderConfig
@@ -185,14 +189,19 @@ class Decoder(nn.Module):
             )
             x_BxTxD, new_kv = stack(cfg, name='layers')(x_BxTxD, positions_BxT, mask_BxTxS, None)
         else:
-            new_kv = []
-            for i, layer_kv in enumerate(kv):
-                x_BxTxD, layer_kv = DecoderBlock(cfg, name=f'{_LAYER_PREFIX}{i}')(
-                    x_BxTxD, positions_BxT, None, layer_kv
+            blocks, index = kv['blocks'], kv['index']
+            new_layers = []
+            for i in range(cfg.num_layers):
+                layer_blocks = tuple(
+                    (blk['layers'][i]['k'], blk['layers'][i]['v'], blk['pos']) for blk in blocks
                 )
-                new_kv.append(layer_kv)
-            new_kv = tuple(new_kv)
-
+                x_BxTxD, last_kv = DecoderBlock(cfg, name=f'{_LAYER_PREFIX}{i}')(
+                    x_BxTxD, positions_BxT, None, (layer_blocks, index)
+                )
+                new_layers.append(last_kv)
+            pos = kv_cache.write(blocks[-1]['pos'], positions_BxT, index, 1, x_BxTxD)
+            last = {'pos': pos, 'layers': tuple(new_layers)}
+            new_kv = {**kv, 'blocks': (*blocks[:-1], last), 'index': index + tokens_BxT.shape[1]}
         x_BxTxD = layers.RMSNorm(
             eps=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name='final_norm'
         )(x_BxTxD)
@@ -317,34 +326,52 @@ def _layer_slice(i: int, x: Any) -> Any:
     return x[i]
 
 
-def cache_logical_axes(cfg: DecoderConfig) -> Cache:
+def cache_logical_axes(cfg: DecoderConfig, num_blocks: int = 1) -> Cache:
     """Logical axis names of every cache leaf (same tree as `init_cache`)."""
-    k_spec = jax.sharding.PartitionSpec(*_CACHE_K_AXES)
-    v_spec = jax.sharding.PartitionSpec(*_CACHE_V_AXES)
-    return {'self': tuple({'k': k_spec, 'v': v_spec} for _ in range(cfg.num_layers))}
+    spec = jax.sharding.PartitionSpec
+    block = {
+        'pos': spec(axes.BATCH, axes.CACHE_LENGTH),
+        'layers': tuple(
+            {'k': spec(*_CACHE_K_AXES), 'v': spec(*_CACHE_V_AXES)} for _ in range(cfg.num_layers)
+        ),
+    }
+    return {'blocks': (block,) * num_blocks, 'index': spec()}
 
 
-def init_cache(cfg: DecoderConfig, batch_size: int, cache_len: int, dtype: Any = None) -> Cache:
-    """Zeroed KV cache {'self': ({'k': [B, K, S, Dh], 'v': [B, K, Dh, S]}, ...)}, one per layer.
+def init_cache(
+    cfg: DecoderConfig, batch_size: int, block_sizes: int | tuple[int, ...], dtype: Any = None
+) -> Cache:
+    """An empty blocked KV cache (`codellm_jax.models.kv_cache`), index 0.
 
+    {'blocks': ({'pos': int32[B, S_i], 'layers': ({'k': [B, K, S_i, Dh],
+                                                   'v': [B, K, Dh, S_i]}, ...)}, ...),
+     'index': int32[]}, one block per entry of `block_sizes` (an int: one block).
     Batch-major per-layer leaves: a decoding step updates each in place and beam search
     reorders them along axis 0. Values are stored transposed (see `layers.cached_attention`).
     dtype defaults to cfg.dtype.
     """
-    if cache_len > cfg.max_seq_len:
+    sizes = (block_sizes,) if isinstance(block_sizes, int) else tuple(block_sizes)
+    if sum(sizes) > cfg.max_seq_len:
         raise ValueError(
-            f'cache_len={cache_len} exceeds max_seq_len={cfg.max_seq_len}; '
+            f'cache of {sum(sizes)} slots exceeds max_seq_len={cfg.max_seq_len}; '
             'raise model.max_seq_len or shorten prompt + generation.'
         )
     dtype = layers.as_dtype(dtype or cfg.dtype)
-    k_shape = (batch_size, cfg.num_kv_heads, cache_len, cfg.head_dim)
-    v_shape = (batch_size, cfg.num_kv_heads, cfg.head_dim, cache_len)
-    return {
-        'self': tuple(
-            {'k': jnp.zeros(k_shape, dtype), 'v': jnp.zeros(v_shape, dtype)}
-            for _ in range(cfg.num_layers)
-        )
-    }
+    k, dh = cfg.num_kv_heads, cfg.head_dim
+
+    def block(s: int) -> dict:
+        return {
+            'pos': kv_cache.empty_pos(batch_size, s),
+            'layers': tuple(
+                {
+                    'k': jnp.zeros((batch_size, k, s, dh), dtype),
+                    'v': jnp.zeros((batch_size, k, dh, s), dtype),
+                }
+                for _ in range(cfg.num_layers)
+            ),
+        }
+
+    return {'blocks': tuple(block(s) for s in sizes), 'index': jnp.zeros((), jnp.int32)}
 
 
 def forward_with_cache(
@@ -356,25 +383,26 @@ def forward_with_cache(
 ) -> tuple[jax.Array, Cache]:
     """Prefill or decode step. Returns (float32 logits [B, T, V], updated cache).
 
-    The k/v of token t of row b go to cache slot `positions_BxT[b, t]`; a query at position
-    p attends to slots j <= p. Positions in one call must be contiguous per row
-    (start_b + t), so right-padded prompts of different lengths prefill in one call and
-    row b then continues at position len_b (overwriting the slot a pad wrote). Writes to
-    slots >= cache_len are dropped, so keep positions below `cache_len`.
+    The contract of `codellm_jax.models.kv_cache`: token t of row b (RoPE position
+    `positions_BxT[b, t]`, negative = padding) attends to the cached keys at positions
+    <= its own and to this call's; its keys/values go to slot `cache['index'] + t` of the
+    last block. So right-padded prompts of different lengths prefill in one call (pads at
+    position -1) and every row then continues at its own position, in the same slot.
 
     `params` may be in either layout; pass the per-layer one (`unstack_layers`, once) when
     calling this in a loop, or every call slices (copies) the stacked weights.
     """
     _check_config(cfg)
-    layer_caches = cache['self']
     b, t = tokens_BxT.shape
     if positions_BxT.shape != (b, t):
         raise ValueError(f'positions shape {positions_BxT.shape} != tokens shape {(b, t)}.')
-    if len(layer_caches) != cfg.num_layers:
-        raise ValueError(f'cache has {len(layer_caches)} layers, the model {cfg.num_layers}.')
-    if layer_caches[0]['k'].shape[0] != b:
-        raise ValueError(f'cache batch {layer_caches[0]["k"].shape[0]} != tokens batch {b}.')
-    logits_BxTxV, new_caches = Decoder(cfg).apply(
-        {'params': unstack_layers(params)}, tokens_BxT, positions_BxT, None, tuple(layer_caches)
+    kv_cache.check(cache, b)
+    for i, blk in enumerate(cache['blocks']):
+        if len(blk['layers']) != cfg.num_layers:
+            raise ValueError(
+                f'cache block {i} has {len(blk["layers"])} layers, the model {cfg.num_layers}.'
+            )
+    logits_BxTxV, new_cache = Decoder(cfg).apply(
+        {'params': unstack_layers(params)}, tokens_BxT, positions_BxT, None, cache
     )
-    return logits_BxTxV, {'self': new_caches}
+    return logits_BxTxV, new_cache

@@ -13,9 +13,10 @@ Parameter tree (layers stacked on a leading axis L, the same for scanned and unr
              'cross_attn', 'mlp_norm', 'mlp'}, 'final_norm': ...},
  'lm_head': {'kernel': [D, V]}}   # absent when tie_embeddings: logits = (x * D**-0.5) @ shared.T
 ```
-KV cache of `init_cache` / `decode_with_cache`:
-`{'self': {'k','v': [L, B', T, H, Dh]}, 'cross': {'k','v': [L, B, S, H, Dh], 'mask': [B, S]}}`,
-B' = n*B: decoder row i reads encoder row i // n. Only `cache['self']` is ever reordered.
+KV cache of `init_cache` / `decode_with_cache` (blocked, `codellm_jax.models.kv_cache`):
+`{'blocks': ({'pos': [B', S_i], 'k','v': [B', L, S_i, H, Dh]}, ...), 'index': int32[],
+  'cross': {'k','v': [B, L, S, H, Dh], 'mask': [B, S]}}`,
+B' = n*B: decoder row i reads encoder row i // n. Only `cache['blocks']` is ever reordered.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from codellm_jax import axes
+from codellm_jax.models import kv_cache
 from codellm_jax.models.layers import REMAT_POLICIES, DenseGeneral, as_dtype, maybe_remat
 from codellm_jax.models.model_config import EncoderDecoderConfig
 from codellm_jax.models.t5_layers import DecoderLayer, EncoderLayer, RelativePositionBias, norm
@@ -85,10 +87,11 @@ class Decoder(nn.Module):
     """Decoder stack on embedded targets [B', T, D] → ([B', T, D], new self k/v | None).
 
     Without a cache, targets attend to each other under `self_mask` [B', T, T]. With one
-    (per-layer leaves stacked on L), a query at position p sees the cache slots j < the
-    call's first position (the slots this call writes hold stale values) and this call's
-    keys at positions <= p. `positions` [B', T] feed the relative position bias;
-    `cross_mask` broadcasts to [B', T, S].
+    ({'k', 'v': tuples of blocks [B', L, S, H, Dh], 'pos': tuple of [B', S], 'cross_k',
+    'cross_v': [B, L, S_enc, H, Dh]}), a query at position p sees the cached keys and this
+    call's keys at positions in [0, p] (`kv_cache`). `positions` [B', T] feed the relative
+    position bias; `cross_mask` broadcasts to [B', T, S]. Returns the new self k/v
+    [L, B', T, H, Dh] (or None) for the caller to write.
     """
 
     cfg: EncoderDecoderConfig
@@ -100,15 +103,16 @@ class Decoder(nn.Module):
         new_bias = rel_bias(positions_BxT, positions_BxT)
         if cache is None:
             self_args = ((new_bias, self_mask),)
+            in_axes = (nn.broadcast,) * 3 + (0,)
         else:
-            slots_1xS = jnp.arange(cache['k'].shape[2])[None]
-            old_mask_Bx1xS = slots_1xS[:, None, :] < positions_BxT[:, :1, None]
-            new_mask_BxTxT = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
-            self_args = (
-                (rel_bias(positions_BxT, slots_1xS), old_mask_Bx1xS),
-                (new_bias, new_mask_BxTxT),
+            self_args = tuple(
+                (rel_bias(positions_BxT, pos_BxS), kv_cache.key_mask(pos_BxS, positions_BxT))
+                for pos_BxS in cache['pos']
             )
-        in_axes = (nn.broadcast,) * 3 + (0,)
+            self_args += ((new_bias, kv_cache.key_mask(positions_BxT, positions_BxT)),)
+            cache = {name: cache[name] for name in ('k', 'v', 'cross_k', 'cross_v')}
+            # Cache leaves are row-major [B, L, ...] (beam search gathers rows on axis 0).
+            in_axes = (nn.broadcast,) * 3 + (1,)
         layers = _layer_stack(DecoderLayer, cfg, cfg.num_decoder_layers, in_axes)
         x_BxTxD, new_kv = layers(x_BxTxD, self_args, encoded, cross_mask, cache)
         return norm(cfg, 'final_norm')(x_BxTxD), new_kv
@@ -189,9 +193,11 @@ class EncoderDecoder(nn.Module):
         return self._logits(x_BxTxD)
 
     def decode_step(self, tokens_BxT, positions_BxT, cache):
+        blocks, index = cache['blocks'], cache['index']
         layer_cache = {
-            'k': cache['self']['k'],
-            'v': cache['self']['v'],
+            'k': tuple(blk['k'] for blk in blocks),
+            'v': tuple(blk['v'] for blk in blocks),
+            'pos': tuple(blk['pos'] for blk in blocks),
             'cross_k': cache['cross']['k'],
             'cross_v': cache['cross']['v'],
         }
@@ -203,13 +209,19 @@ class EncoderDecoder(nn.Module):
             positions_BxT,
             layer_cache,
         )
-        # One scatter of [L, B', T, H, Dh] into the cache: slot positions[b, t] of row b.
-        rows_Bx1 = jnp.arange(tokens_BxT.shape[0])[:, None]
-        new_self = {
-            name: cache['self'][name].at[:, rows_Bx1, positions_BxT].set(new_kv[name], mode='drop')
+        # One in-place write per leaf of the last block: slots index .. index + T, all rows.
+        last = blocks[-1]
+        new_last = {
+            name: kv_cache.write(last[name], jnp.swapaxes(new_kv[name], 0, 1), index, 2, x_BxTxD)
             for name in ('k', 'v')
         }
-        return self._logits(x_BxTxD), {'self': new_self, 'cross': cache['cross']}
+        new_last['pos'] = kv_cache.write(last['pos'], positions_BxT, index, 1, x_BxTxD)
+        new_cache = {
+            **cache,
+            'blocks': (*blocks[:-1], new_last),
+            'index': index + tokens_BxT.shape[1],
+        }
+        return self._logits(x_BxTxD), new_cache
 
     def __call__(self, enc_tokens, dec_tokens):
         enc_mask = enc_tokens != 0
@@ -385,13 +397,13 @@ def init_cache(
     encoded_BxSxD: jax.Array,
     encoder_mask_BxS: jax.Array | None,
     batch_size: int,
-    cache_len: int,
+    block_sizes: int | tuple[int, ...],
     dtype: str | None = None,
 ) -> Params:
-    """A decoding cache for `batch_size` = n*B decoder rows and `cache_len` target slots.
+    """A decoding cache for `batch_size` = n*B decoder rows, one block per `block_sizes`.
 
-    Cross-attention k/v [L, B, S, H, Dh] are projected here, once, from `encoded`; the self
-    part [L, B', cache_len, H, Dh] starts at zero. `dtype` defaults to `cfg.dtype`.
+    Cross-attention k/v [B, L, S, H, Dh] are projected here, once, from `encoded`; the self
+    blocks [B', L, S_i, H, Dh] start empty (positions -1). `dtype` defaults to `cfg.dtype`.
     """
     b, s, d = encoded_BxSxD.shape
     if d != cfg.d_model:
@@ -404,9 +416,10 @@ def init_cache(
     if encoder_mask_BxS is None:
         encoder_mask_BxS = jnp.ones((b, s), bool)
     _check_mask('encoder_mask_BxS', encoder_mask_BxS, (b, s))
-    if cache_len > cfg.max_seq_len:
+    sizes = (block_sizes,) if isinstance(block_sizes, int) else tuple(block_sizes)
+    if sum(sizes) > cfg.max_seq_len:
         raise ValueError(
-            f'cache_len={cache_len} exceeds max_seq_len={cfg.max_seq_len}; raise '
+            f'cache of {sum(sizes)} slots exceeds max_seq_len={cfg.max_seq_len}; raise '
             'model.max_seq_len or shorten the target.'
         )
     dtype = as_dtype(dtype or cfg.dtype)
@@ -415,12 +428,20 @@ def init_cache(
     x = encoded_BxSxD.astype(compute)
 
     def project(kernel_LxDxHxK):
-        out = jnp.einsum('bsd,ldhk->lbshk', x, kernel_LxDxHxK.astype(compute))
+        out = jnp.einsum('bsd,ldhk->blshk', x, kernel_LxDxHxK.astype(compute))
         return out.astype(dtype)
 
-    self_shape = (cfg.num_decoder_layers, batch_size, cache_len, cfg.num_heads, cfg.head_dim)
+    def block(slots: int) -> dict:
+        shape = (batch_size, cfg.num_decoder_layers, slots, cfg.num_heads, cfg.head_dim)
+        return {
+            'pos': kv_cache.empty_pos(batch_size, slots),
+            'k': jnp.zeros(shape, dtype),
+            'v': jnp.zeros(shape, dtype),
+        }
+
     return {
-        'self': {'k': jnp.zeros(self_shape, dtype), 'v': jnp.zeros(self_shape, dtype)},
+        'blocks': tuple(block(slots) for slots in sizes),
+        'index': jnp.zeros((), jnp.int32),
         'cross': {
             'k': project(cross['k']['kernel']),
             'v': project(cross['v']['kernel']),
@@ -429,14 +450,16 @@ def init_cache(
     }
 
 
-def cache_logical_axes(cfg: EncoderDecoderConfig) -> Cache:
+def cache_logical_axes(cfg: EncoderDecoderConfig, num_blocks: int = 1) -> Cache:
     """Logical axis names (`PartitionSpec`) of every cache leaf (same tree as `init_cache`)."""
     del cfg
     spec = jax.sharding.PartitionSpec
-    self_kv = spec(axes.LAYERS, axes.BATCH, axes.CACHE_LENGTH, axes.HEADS, axes.HEAD_DIM)
-    cross_kv = spec(axes.LAYERS, axes.BATCH, axes.LENGTH, axes.HEADS, axes.HEAD_DIM)
+    self_kv = spec(axes.BATCH, axes.LAYERS, axes.CACHE_LENGTH, axes.HEADS, axes.HEAD_DIM)
+    cross_kv = spec(axes.BATCH, axes.LAYERS, axes.LENGTH, axes.HEADS, axes.HEAD_DIM)
+    block = {'pos': spec(axes.BATCH, axes.CACHE_LENGTH), 'k': self_kv, 'v': self_kv}
     return {
-        'self': {'k': self_kv, 'v': self_kv},
+        'blocks': (block,) * num_blocks,
+        'index': spec(),
         'cross': {'k': cross_kv, 'v': cross_kv, 'mask': spec(axes.BATCH, axes.LENGTH)},
     }
 
@@ -450,21 +473,14 @@ def decode_with_cache(
 ) -> tuple[jax.Array, Cache]:
     """Incremental decoding → (float32 logits [B', T, V], updated cache).
 
-    The self k/v of token t of row b go to slot `positions[b, t]` (contiguous per row:
-    start_b + t), and a query at position p attends to slots j <= p: the cached slots
-    j < start_b and this call's tokens; so right-padded prompts of different lengths
-    prefill in one call and row b continues at len_b. The cache is only read inside the
-    layers and written once (one scatter of [L, B', T, H, Dh]), so a step costs O(T) writes,
-    not a rewrite of the cache. Positions must be < cache_len (out-of-range writes are
-    dropped).
+    The blocked-cache contract of `codellm_jax.models.kv_cache`: token t of row b (position
+    `positions[b, t]`, negative = padding) attends to the cached and new self keys at
+    positions <= its own; its self k/v go to slot `cache['index'] + t` of the last block,
+    one in-place write per leaf for all layers and rows.
     """
     _check_tokens('tokens_BxT', tokens_BxT)
     _check_mask('positions_BxT', positions_BxT, tokens_BxT.shape)
-    if cache['self']['k'].shape[1] != tokens_BxT.shape[0]:
-        raise ValueError(
-            f'tokens_BxT has batch {tokens_BxT.shape[0]} but the cache was built for '
-            f'batch_size={cache["self"]["k"].shape[1]}.'
-        )
+    kv_cache.check(cache, tokens_BxT.shape[0])
     return EncoderDecoder(cfg).apply(
         {'params': params}, tokens_BxT, positions_BxT, cache, method=EncoderDecoder.decode_step
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from codellm_jax import axes
+from codellm_jax.models import kv_cache
 from codellm_jax.models.model_config import RopeScaling
 
 # Large finite negative used for masked attention logits: a row whose keys are all masked
@@ -277,97 +278,53 @@ _chunked_causal_core.defvjp(_core_fwd, _core_bwd)
 
 def cached_attention(
     q_BxTxHxDh: jax.Array,
-    cache_k_BxKxSxDh: jax.Array,
-    cache_v_BxKxDhxS: jax.Array,
+    blocks: Sequence[tuple[jax.Array, jax.Array, jax.Array]],
     k_BxTxKxDh: jax.Array,
     v_BxTxKxDh: jax.Array,
     positions_BxT: jax.Array,
     scale: float | None = None,
 ) -> jax.Array:
-    """Attention of T new queries over a KV cache that does not hold them yet, plus themselves.
+    """Attention of T new queries over the blocks of a KV cache, plus the new keys.
 
-    The query at position p = positions[b, t] sees cache slots j < positions[b, 0] (the
-    tokens before this call) and the new tokens u with positions[b, u] <= p. Both blocks
-    share one float32 softmax over S + T logits, so this equals attention over the cache
-    with the new k/v written in first; reading the old cache lets the caller write the new
-    k/v in place afterwards (`write_cache_slots`). GQA as in `dot_product_attention`.
+    `blocks` are (keys [B, K, S, Dh], values TRANSPOSED [B, K, Dh, S], key positions
+    [B, S]) as they were before this call (`codellm_jax.models.kv_cache`): the query at
+    position p sees the slots whose position is in [0, p] and the new tokens u with
+    positions[b, u] in [0, p]. All parts share one float32 softmax, as if concatenated
+    along S; reading the old cache lets the caller write the new k/v in place afterwards
+    (`kv_cache.write`). GQA as in `dot_product_attention`.
 
-    Keys are cached as [B, K, S, Dh] and values transposed, [B, K, Dh, S]: XLA CPU computes
-    both decoding dots as matrix @ vector with the cache as a row-major matrix contracted
-    over its minor axis (K [S, Dh] @ q, V^T [Dh, S] @ p); a [S, Dh] value cache is copied
-    transposed every step (as was a [Dh, S] key cache).
+    Values are stored transposed: XLA CPU computes both decoding dots as matrix @ vector
+    with the cache as a row-major matrix contracted over its minor axis (K [S, Dh] @ q,
+    V^T [Dh, S] @ p); a [S, Dh] value cache is copied transposed every step (as was a
+    [Dh, S] key cache).
     Returns [B, T, H, Dh] in q's dtype.
     """
     b, t, h, dh = q_BxTxHxDh.shape
-    k, s = cache_k_BxKxSxDh.shape[1], cache_k_BxKxSxDh.shape[2]
+    k = k_BxTxKxDh.shape[2]
     g, scale = _gqa_groups_and_scale(h, k, dh, scale)
     dtype = q_BxTxHxDh.dtype
     q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, g, dh)
     f32 = dict(preferred_element_type=jnp.float32)
-    old_BxKxGxTxS = jnp.einsum(
-        'btkgd,bksd->bkgts', q_BxTxKxGxDh, cache_k_BxKxSxDh.astype(dtype), **f32
-    )
-    new_BxKxGxTxT = jnp.einsum('btkgd,bukd->bkgtu', q_BxTxKxGxDh, k_BxTxKxDh.astype(dtype), **f32)
-    old_mask_BxTxS = jnp.arange(s)[None, None, :] < positions_BxT[:, :1, None]
-    new_mask_BxTxT = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
-    logits = jnp.concatenate(
-        [
-            jnp.where(old_mask_BxTxS[:, None, None], old_BxKxGxTxS * scale, _MASK_VALUE),
-            jnp.where(new_mask_BxTxT[:, None, None], new_BxKxGxTxT * scale, _MASK_VALUE),
-        ],
-        axis=-1,
-    )
-    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    logits, widths = [], []
+    for cache_k_BxKxSxDh, _, pos_BxS in blocks:
+        part = jnp.einsum('btkgd,bksd->bkgts', q_BxTxKxGxDh, cache_k_BxKxSxDh.astype(dtype), **f32)
+        mask_BxTxS = kv_cache.key_mask(pos_BxS, positions_BxT)
+        logits.append(jnp.where(mask_BxTxS[:, None, None], part * scale, _MASK_VALUE))
+        widths.append(pos_BxS.shape[1])
+    new = jnp.einsum('btkgd,bukd->bkgtu', q_BxTxKxGxDh, k_BxTxKxDh.astype(dtype), **f32)
+    new_mask_BxTxT = kv_cache.key_mask(positions_BxT, positions_BxT)
+    logits.append(jnp.where(new_mask_BxTxT[:, None, None], new * scale, _MASK_VALUE))
+    probs = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1).astype(dtype)
     out_BxTxKxGxDh = jnp.einsum(
-        'bkgts,bkds->btkgd', probs[..., :s], cache_v_BxKxDhxS.astype(dtype)
-    ) + jnp.einsum('bkgtu,bukd->btkgd', probs[..., s:], v_BxTxKxDh.astype(dtype))
+        'bkgtu,bukd->btkgd', probs[..., sum(widths) :], v_BxTxKxDh.astype(dtype)
+    )
+    start = 0
+    for (_, cache_v_BxKxDhxS, _), width in zip(blocks, widths, strict=True):
+        out_BxTxKxGxDh = out_BxTxKxGxDh + jnp.einsum(
+            'bkgts,bkds->btkgd', probs[..., start : start + width], cache_v_BxKxDhxS.astype(dtype)
+        )
+        start += width
     return out_BxTxKxGxDh.reshape(b, t, h, dh)
-
-
-def write_cache_slots(
-    cache: jax.Array,
-    new: jax.Array,
-    start_B: jax.Array,
-    slot_axis: int,
-    after: jax.Array,
-    max_row_updates: int = 16,
-) -> jax.Array:
-    """Writes `new` (the cache's layout, T slots on `slot_axis`) at slots start[b] .. + T.
-
-    Rows lead both arrays. A row whose T slots do not all fit in the cache is left
-    unwritten. Up to `max_row_updates` rows: one in-place `dynamic_update_slice` per row
-    (XLA CPU turns a scatter into these layouts into transpose + scatter + transpose, a copy
-    of the cache every step); more rows: one scatter, so that the program does not grow
-    with the batch.
-
-    `after` must be computed from the old cache (the attention output): the write is made
-    data-dependent on it (adding 0 * one element of it, so a NaN stays a NaN). Without that
-    dependence XLA cannot order the in-place write after the reads of the old cache and
-    copies the whole cache, twice, every decoding step (XLA CPU, jax 0.10.2;
-    experiments/benchmarks/README.md).
-    """
-    rows, t, s = new.shape[0], new.shape[slot_axis], cache.shape[slot_axis]
-    tie = after.reshape(-1)[0].astype(new.dtype) * 0
-    new = (new + tie).astype(cache.dtype)
-    fits_B = (start_B >= 0) & (start_B + t <= s)
-    if rows > max_row_updates:
-        # Rows that do not fit get slot s for every token: out of range, dropped.
-        slots_BxT = jnp.where(fits_B[:, None], start_B[:, None] + jnp.arange(t), s)
-        index = [slice(None)] * cache.ndim
-        index[0] = jnp.arange(rows)[:, None]
-        index[slot_axis] = slots_BxT
-        # Advanced indices split by slices: their broadcast shape [B, T] leads the update.
-        update = jnp.moveaxis(new, slot_axis, 1)
-        return cache.at[tuple(index)].set(update, mode='drop')
-    zero = jnp.zeros((), start_B.dtype)
-    for row in range(rows):
-        index = [zero] * cache.ndim
-        index[0] = jnp.asarray(row, start_B.dtype)
-        index[slot_axis] = start_B[row]
-        old = jax.lax.dynamic_slice(cache, index, (1, *new.shape[1:]))
-        update = jnp.where(fits_B[row], new[row : row + 1], old)
-        cache = jax.lax.dynamic_update_slice(cache, update, index)
-    return cache
 
 
 class DenseGeneral(nn.Module):

@@ -255,10 +255,10 @@ class DecoderLayer(nn.Module):
     """Pre-norm T5 decoder block; `(x, new self k/v | None)` for `nn.scan`.
 
     `self_args` holds (bias, mask) per self-attention key block: one block (this call's
-    keys) without a cache; with a per-layer cache `{'k','v': [B', S, H, Dh],
-    'cross_k','cross_v': [B, S_enc, H, Dh]}` two blocks, the cache as it was and the new
-    keys. The cache is only read here: the caller writes the returned new k/v
-    [B', T, H, Dh] into it once for all layers. Cross k/v come from the cache, or are
+    keys) without a cache; with this layer's cache `{'k','v': tuples of blocks
+    [B', S_i, H, Dh], 'cross_k','cross_v': [B, S_enc, H, Dh]}` one per cache block, as it
+    was, then the new keys. The cache is only read here: the caller writes the returned new
+    k/v [B', T, H, Dh] into it once for all layers. Cross k/v come from the cache, or are
     projected from `encoded` without one.
     """
 
@@ -275,11 +275,11 @@ class DecoderLayer(nn.Module):
             parts = [(k, v, *self_args[0])]
         else:
             # Round through the cache dtype so this call sees what later calls will read.
-            new_kv = {'k': k.astype(cache['k'].dtype), 'v': v.astype(cache['v'].dtype)}
-            parts = [
-                (cache['k'], cache['v'], *self_args[0]),
-                (new_kv['k'], new_kv['v'], *self_args[1]),
-            ]
+            dtype = cache['k'][0].dtype
+            new_kv = {'k': k.astype(dtype), 'v': v.astype(dtype)}
+            blocks = zip(cache['k'], cache['v'], self_args[:-1], strict=True)
+            parts = [(ck, cv, *args) for ck, cv, args in blocks]
+            parts.append((new_kv['k'], new_kv['v'], *self_args[-1]))
         x_BxTxD = x_BxTxD + self_attn(h_BxTxD, parts)
 
         h_BxTxD = norm(self.cfg, 'cross_attn_norm')(x_BxTxD)
