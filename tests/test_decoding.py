@@ -291,14 +291,14 @@ def test_per_row_rng_is_independent_of_batch_composition():
     assert not np.array_equal(full.tokens_RxN[0], full.tokens_RxN[3])
 
 
-def _run_beam(table, prompts, n_new, nb, eos_ids=(), **kw):
+def _run_beam(table, prompts, n_new, nb, eos_ids=(), block=3, **kw):
     prompt, lens = _ragged(prompts)
 
     @jax.jit
     def run(prompt, lens):
         return decoding.beam_search(
             _markov_callback(table),
-            _cache(prompt.shape[0] * nb, prompt.shape[1], n_new),
+            _cache(prompt.shape[0] * nb, prompt.shape[1], n_new, block),
             prompt,
             lens,
             num_beams=nb,
@@ -311,10 +311,11 @@ def _run_beam(table, prompts, n_new, nb, eos_ids=(), **kw):
     return run(prompt, lens)
 
 
-def test_beam_without_eos_returns_brute_force_top_sequences():
+@pytest.mark.parametrize('block', [3, 0])  # the prompt's block alone (not reordered) or not
+def test_beam_without_eos_returns_brute_force_top_sequences(block):
     table = _chain(3, 4)
     prompts, n_new, nb = [[1, 2], [0]], 3, 9  # all 3**(3-1) live prefixes fit in 9 beams
-    out = _run_beam(table, prompts, n_new, nb, length_penalty=0.7)
+    out = _run_beam(table, prompts, n_new, nb, length_penalty=0.7, block=block)
     for b, p in enumerate(prompts):
         scored = sorted(
             ((_seq_logprob(table, p, s), s) for s in itertools.product(range(3), repeat=n_new)),

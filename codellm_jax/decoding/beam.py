@@ -16,7 +16,8 @@ Length penalties: 'hf' = len ** alpha; 't5x' (GNMT) = ((5 + len) / 6) ** alpha.
 
 The cache holds R = B * num_beams rows (the beams of prompt b are rows b*nb .. b*nb+nb-1). It
 is reordered after each step with a gather along the row axis of the filled blocks of
-`cache['blocks']` only (see `reorder_cache`), never a one-hot matmul; encoder-decoder
+`cache['blocks']` only (see `reorder_cache`), never a one-hot matmul, and not the prompt's
+block (its rows are equal within a beam group); encoder-decoder
 cross-attention keys and values (B rows, shared by the beams of a row) are never touched.
 """
 
@@ -77,15 +78,16 @@ def length_penalty_fn(alpha: float, style: str):
     raise ValueError(f"length_penalty_style={style!r}; expected 'hf' (len^a) or 't5x' (GNMT).")
 
 
-def reorder_cache(cache: Any, rows_R: jax.Array) -> Any:
-    """Gathers rows of every leaf of `cache['blocks']` along axis 0; the rest is kept.
+def reorder_cache(cache: Any, rows_R: jax.Array, first_block: int = 0) -> Any:
+    """Gathers rows of every leaf of `cache['blocks'][first_block:]` along axis 0.
 
     In a loop phase the cache is a view of the filled blocks (`phases`), so only those are
     reordered. Entries outside 'blocks' (an encoder-decoder's cross-attention keys) are
     shared by the beams of a row and never touched.
     """
     take = lambda x: jnp.take(x, rows_R, axis=0)
-    return {**cache, 'blocks': jax.tree.map(take, cache['blocks'])}
+    blocks = cache['blocks']
+    return {**cache, 'blocks': blocks[:first_block] + jax.tree.map(take, blocks[first_block:])}
 
 
 def _gather(x_BxKx: jax.Array, idx_BxJ: jax.Array) -> jax.Array:
@@ -224,8 +226,12 @@ def beam_search(
     def cond(state: BeamState) -> jax.Array:
         return (state.step < n_new) & ~jnp.all(row_done(state))
 
+    # A first block that holds only the prompt is the same for every beam of a prompt (the
+    # prefill repeats it), so it is never reordered.
+    first_block = 1 if phases.block_sizes(cache)[0] == prompt_BxT.shape[1] else 0
+
     def body(state: BeamState) -> BeamState:
-        cache = reorder_cache(state.cache, state.parents_R)
+        cache = reorder_cache(state.cache, state.parents_R, first_block)
         last_Rx1 = jax.lax.dynamic_slice(
             state.run_tokens_BxNbxN, (0, 0, state.step - 1), (batch, nb, 1)
         ).reshape(rows, 1)
