@@ -2,7 +2,9 @@
 
 import dataclasses
 import functools
+import math
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -169,8 +171,9 @@ def test_cache_step_by_step_and_prefill_equal_full_decode(feed_forward, n):
     np.testing.assert_allclose(_decode(params, cfg, dec, encoded, mask), want, atol=1e-5)
 
     cache = ed.init_cache(params, cfg, encoded, mask, batch_size=2 * n, block_sizes=t + 2)
-    assert cache['cross']['k'].shape == (2, 3, 9, 4, 8)
-    assert cache['blocks'][0]['k'].shape == (2 * n, 3, t + 2, 4, 8)
+    assert len(cache['cross']['layers']) == 3 and len(cache['blocks'][0]['layers']) == 3
+    assert cache['cross']['layers'][2]['k'].shape == (2, 4, 9, 8)
+    assert cache['blocks'][0]['layers'][2]['v'].shape == (2 * n, 4, 8, t + 2)
     got = []
     for i in range(t):
         logits, cache = _step(params, cfg, dec[:, i : i + 1], jnp.full((2 * n, 1), i), cache)
@@ -212,6 +215,39 @@ def test_cache_ragged_prefill_then_per_row_steps():
         logits, view = _step(params, cfg, tok, jnp.asarray(pos)[:, None], view)
         cache = phases.merge(cache, view)
         np.testing.assert_allclose(logits[:, 0], want[jnp.arange(2), pos], atol=1e-4)
+
+
+def test_decode_loop_updates_the_cache_in_place():
+    """The compiled decoding loop never copies or transposes a cache-sized buffer (self
+    blocks or cross-attention keys/values): the head-major cache layout and the per-layer
+    in-place writes. Token-major [B, S, H, Dh] caches were copied transposed every step."""
+    cfg = dataclasses.replace(_cfg('relu'), max_seq_len=256)
+    params = ed.unstack_decoder_layers(_params(cfg))
+    encoded, mask = _encoded(cfg, _params(cfg), batch=1, src_len=96, pad_from=90)
+    slots = 160
+    cache = ed.init_cache(params, cfg, encoded, mask, 1, slots)
+
+    def loop(params, cache):
+        def body(i, carry):
+            tok, cache = carry
+            logits, cache = ed.decode_with_cache(params, cfg, tok, i[None, None], cache)
+            return jnp.argmax(logits, -1).astype(jnp.int32), cache
+
+        return jax.lax.fori_loop(0, 8, body, (jnp.ones((1, 1), jnp.int32), cache))
+
+    hlo = jax.jit(loop, donate_argnums=1).lower(params, cache).compile().as_text()
+    bodies = set(re.findall(r'body=%([\w.\-]+)', hlo))
+    assert bodies
+    smallest = cfg.num_heads * cfg.head_dim * 96  # the cross keys of one row
+    for computation in hlo.split('\n\n'):
+        name = re.match(r'\s*%([\w.\-]+)', computation)
+        if not name or name.group(1) not in bodies:
+            continue
+        for m in re.finditer(
+            r'%([\w.\-]*(?:copy|transpose)[\w.\-]*) = \w+\[([\d,]*)\]', computation
+        ):
+            elems = math.prod(int(d) for d in m.group(2).split(',') if d)
+            assert elems < smallest, f'{m.group(1)} copies a cache-sized buffer every step'
 
 
 def test_cache_batch_must_be_multiple_of_encoder_batch():

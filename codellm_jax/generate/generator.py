@@ -270,7 +270,10 @@ class Generator:
         self.model_cfg = model_cfg
         # Decoding runs the layers one by one: give each layer its own buffers once here
         # (a slice of a stacked weight is a copy, every step, on XLA CPU).
-        self.params = decoder.unstack_layers(params) if model_kind == 'decoder' else params
+        if model_kind == 'decoder':
+            self.params = decoder.unstack_layers(params)
+        else:
+            self.params = encoder_decoder.unstack_decoder_layers(params)
         self.tokenizer = tokenizer
 
     # -- prompts --------------------------------------------------------------------------

@@ -55,7 +55,7 @@ _ACT_HEADS = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.HEAD_DIM)
 _ACT_KV_HEADS = (axes.BATCH, axes.LENGTH, axes.KV_HEADS, axes.HEAD_DIM)
 _CACHE_K_AXES = (axes.BATCH, axes.KV_HEADS, axes.CACHE_LENGTH, axes.HEAD_DIM)
 _CACHE_V_AXES = (axes.BATCH, axes.KV_HEADS, axes.HEAD_DIM, axes.CACHE_LENGTH)
-_LAYER_PREFIX = 'layers_'
+LAYER_PREFIX = 'layers_'
 
 
 def _check_config(cfg: DecoderConfig) -> None:
@@ -195,7 +195,7 @@ class Decoder(nn.Module):
                 layer_blocks = tuple(
                     (blk['layers'][i]['k'], blk['layers'][i]['v'], blk['pos']) for blk in blocks
                 )
-                x_BxTxD, last_kv = DecoderBlock(cfg, name=f'{_LAYER_PREFIX}{i}')(
+                x_BxTxD, last_kv = DecoderBlock(cfg, name=f'{LAYER_PREFIX}{i}')(
                     x_BxTxD, positions_BxT, None, (layer_blocks, index)
                 )
                 new_layers.append(last_kv)
@@ -288,7 +288,7 @@ def unstack_layers(params: Params, num_layers: int | None = None) -> Params:
         num_layers = _stacked_length(stacked)
     out = {k: v for k, v in params.items() if k != 'layers'}
     for i in range(num_layers):
-        out[f'{_LAYER_PREFIX}{i}'] = jax.tree.map(
+        out[f'{LAYER_PREFIX}{i}'] = jax.tree.map(
             functools.partial(_layer_slice, i), stacked, is_leaf=_is_spec
         )
     return out
@@ -297,12 +297,12 @@ def unstack_layers(params: Params, num_layers: int | None = None) -> Params:
 def stack_layers(params: Params) -> Params:
     """Per-layer layout -> stacked layout (inverse of `unstack_layers`; arrays only)."""
     names = sorted(
-        (k for k in params if k.startswith(_LAYER_PREFIX)),
-        key=lambda k: int(k[len(_LAYER_PREFIX) :]),
+        (k for k in params if k.startswith(LAYER_PREFIX)),
+        key=lambda k: int(k[len(LAYER_PREFIX) :]),
     )
     if not names:
         return params
-    out = {k: v for k, v in params.items() if not k.startswith(_LAYER_PREFIX)}
+    out = {k: v for k, v in params.items() if not k.startswith(LAYER_PREFIX)}
     out['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs), *(params[k] for k in names))
     return out
 

@@ -14,8 +14,10 @@ Parameter tree (layers stacked on a leading axis L, the same for scanned and unr
  'lm_head': {'kernel': [D, V]}}   # absent when tie_embeddings: logits = (x * D**-0.5) @ shared.T
 ```
 KV cache of `init_cache` / `decode_with_cache` (blocked, `codellm_jax.models.kv_cache`):
-`{'blocks': ({'pos': [B', S_i], 'k','v': [B', L, S_i, H, Dh]}, ...), 'index': int32[],
-  'cross': {'k','v': [B, L, S, H, Dh], 'mask': [B, S]}}`,
+`{'blocks': ({'pos': [B', S_i], 'layers': ({'k': [B', H, S_i, Dh], 'v': [B', H, Dh, S_i]},
+  ...one per layer)}, ...), 'index': int32[],
+  'cross': {'layers': ({'k': [B, H, S, Dh], 'v': [B, H, Dh, S]}, ...), 'mask': [B, S]}}`
+(head-major, values transposed: the layout `t5_attention` reads in place),
 B' = n*B: decoder row i reads encoder row i // n. Only `cache['blocks']` is ever reordered.
 """
 
@@ -31,6 +33,7 @@ import numpy as np
 
 from codellm_jax import axes
 from codellm_jax.models import kv_cache
+from codellm_jax.models.decoder import LAYER_PREFIX, unstack_layers
 from codellm_jax.models.layers import REMAT_POLICIES, DenseGeneral, as_dtype, maybe_remat
 from codellm_jax.models.model_config import EncoderDecoderConfig
 from codellm_jax.models.t5_layers import DecoderLayer, EncoderLayer, RelativePositionBias, norm
@@ -84,14 +87,15 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Decoder stack on embedded targets [B', T, D] → ([B', T, D], new self k/v | None).
+    """Decoder stack on embedded targets [B', T, D] → ([B', T, D], new cache | None).
 
-    Without a cache, targets attend to each other under `self_mask` [B', T, T]. With one
-    ({'k', 'v': tuples of blocks [B', L, S, H, Dh], 'pos': tuple of [B', S], 'cross_k',
-    'cross_v': [B, L, S_enc, H, Dh]}), a query at position p sees the cached keys and this
-    call's keys at positions in [0, p] (`kv_cache`). `positions` [B', T] feed the relative
-    position bias; `cross_mask` broadcasts to [B', T, S]. Returns the new self k/v
-    [L, B', T, H, Dh] (or None) for the caller to write.
+    Without a cache, targets attend to each other under `self_mask` [B', T, T] through the
+    scanned stack ('layers'). With one (the blocked cache of `init_cache`), the layers run
+    one by one from per-layer params ('layers_0', ...; `unstack_decoder_layers`): a query at
+    position p sees the cached and this call's keys at positions in [0, p] (`kv_cache`),
+    and each layer's new self k/v are written in place into the last block; the updated
+    cache is returned. `positions` [B', T] feed the relative position bias; `cross_mask`
+    broadcasts to [B', T, S].
     """
 
     cfg: EncoderDecoderConfig
@@ -102,20 +106,44 @@ class Decoder(nn.Module):
         rel_bias = _rel_bias(cfg, bidirectional=False)
         new_bias = rel_bias(positions_BxT, positions_BxT)
         if cache is None:
-            self_args = ((new_bias, self_mask),)
             in_axes = (nn.broadcast,) * 3 + (0,)
-        else:
-            self_args = tuple(
-                (rel_bias(positions_BxT, pos_BxS), kv_cache.key_mask(pos_BxS, positions_BxT))
-                for pos_BxS in cache['pos']
+            layers = _layer_stack(DecoderLayer, cfg, cfg.num_decoder_layers, in_axes)
+            x_BxTxD, _ = layers(x_BxTxD, ((new_bias, self_mask),), encoded, cross_mask, None)
+            return norm(cfg, 'final_norm')(x_BxTxD), None
+        blocks, index = cache['blocks'], cache['index']
+        self_args = tuple(
+            (rel_bias(positions_BxT, blk['pos']), kv_cache.key_mask(blk['pos'], positions_BxT))
+            for blk in blocks
+        )
+        self_args += ((new_bias, kv_cache.key_mask(positions_BxT, positions_BxT)),)
+        new_layers = []
+        for i in range(cfg.num_decoder_layers):
+            cross = cache['cross']['layers'][i]
+            layer_cache = {
+                'k': tuple(blk['layers'][i]['k'] for blk in blocks),
+                'v': tuple(blk['layers'][i]['v'] for blk in blocks),
+                'cross_k': cross['k'],
+                'cross_v': cross['v'],
+            }
+            x_BxTxD, new_kv = DecoderLayer(cfg, name=f'{LAYER_PREFIX}{i}')(
+                x_BxTxD, self_args, encoded, cross_mask, layer_cache
             )
-            self_args += ((new_bias, kv_cache.key_mask(positions_BxT, positions_BxT)),)
-            cache = {name: cache[name] for name in ('k', 'v', 'cross_k', 'cross_v')}
-            # Cache leaves are row-major [B, L, ...] (beam search gathers rows on axis 0).
-            in_axes = (nn.broadcast,) * 3 + (1,)
-        layers = _layer_stack(DecoderLayer, cfg, cfg.num_decoder_layers, in_axes)
-        x_BxTxD, new_kv = layers(x_BxTxD, self_args, encoded, cross_mask, cache)
-        return norm(cfg, 'final_norm')(x_BxTxD), new_kv
+            last = blocks[-1]['layers'][i]
+            new_layers.append(
+                {
+                    'k': kv_cache.write(
+                        last['k'], new_kv['k'].transpose(0, 2, 1, 3), index, 2, x_BxTxD
+                    ),
+                    'v': kv_cache.write(
+                        last['v'], new_kv['v'].transpose(0, 2, 3, 1), index, 3, x_BxTxD
+                    ),
+                }
+            )
+        last = {**blocks[-1], 'layers': tuple(new_layers)}
+        last['pos'] = kv_cache.write(last['pos'], positions_BxT, index, 1, x_BxTxD)
+        t = positions_BxT.shape[1]
+        new_cache = {**cache, 'blocks': (*blocks[:-1], last), 'index': index + t}
+        return norm(cfg, 'final_norm')(x_BxTxD), new_cache
 
 
 class EncoderDecoder(nn.Module):
@@ -193,34 +221,14 @@ class EncoderDecoder(nn.Module):
         return self._logits(x_BxTxD)
 
     def decode_step(self, tokens_BxT, positions_BxT, cache):
-        blocks, index = cache['blocks'], cache['index']
-        layer_cache = {
-            'k': tuple(blk['k'] for blk in blocks),
-            'v': tuple(blk['v'] for blk in blocks),
-            'pos': tuple(blk['pos'] for blk in blocks),
-            'cross_k': cache['cross']['k'],
-            'cross_v': cache['cross']['v'],
-        }
-        x_BxTxD, new_kv = self.decoder(
+        x_BxTxD, new_cache = self.decoder(
             self._embed(tokens_BxT),
             None,
             _cross_mask(cache['cross']['mask'], tokens_BxT.shape[0]),
             None,
             positions_BxT,
-            layer_cache,
+            cache,
         )
-        # One in-place write per leaf of the last block: slots index .. index + T, all rows.
-        last = blocks[-1]
-        new_last = {
-            name: kv_cache.write(last[name], jnp.swapaxes(new_kv[name], 0, 1), index, 2, x_BxTxD)
-            for name in ('k', 'v')
-        }
-        new_last['pos'] = kv_cache.write(last['pos'], positions_BxT, index, 1, x_BxTxD)
-        new_cache = {
-            **cache,
-            'blocks': (*blocks[:-1], new_last),
-            'index': index + tokens_BxT.shape[1],
-        }
         return self._logits(x_BxTxD), new_cache
 
     def __call__(self, enc_tokens, dec_tokens):
@@ -402,8 +410,9 @@ def init_cache(
 ) -> Params:
     """A decoding cache for `batch_size` = n*B decoder rows, one block per `block_sizes`.
 
-    Cross-attention k/v [B, L, S, H, Dh] are projected here, once, from `encoded`; the self
-    blocks [B', L, S_i, H, Dh] start empty (positions -1). `dtype` defaults to `cfg.dtype`.
+    Cross-attention k/v per layer are projected here, once, from `encoded`; the self blocks
+    start empty (positions -1). Layouts as in the module docstring. `params` may
+    hold the decoder's layers stacked or per layer. `dtype` defaults to `cfg.dtype`.
     """
     b, s, d = encoded_BxSxD.shape
     if d != cfg.d_model:
@@ -424,44 +433,66 @@ def init_cache(
         )
     dtype = as_dtype(dtype or cfg.dtype)
     compute = as_dtype(cfg.dtype)
-    cross = params['decoder']['layers']['cross_attn']
     x = encoded_BxSxD.astype(compute)
+    dec = unstack_layers(params['decoder'])
 
-    def project(kernel_LxDxHxK):
-        out = jnp.einsum('bsd,ldhk->blshk', x, kernel_LxDxHxK.astype(compute))
-        return out.astype(dtype)
+    def project(spec: str, kernel_DxHxK: jax.Array) -> jax.Array:
+        return jnp.einsum(spec, x, kernel_DxHxK.astype(compute)).astype(dtype)
 
     def block(slots: int) -> dict:
-        shape = (batch_size, cfg.num_decoder_layers, slots, cfg.num_heads, cfg.head_dim)
+        h, dh = cfg.num_heads, cfg.head_dim
         return {
             'pos': kv_cache.empty_pos(batch_size, slots),
-            'k': jnp.zeros(shape, dtype),
-            'v': jnp.zeros(shape, dtype),
+            'layers': tuple(
+                {
+                    'k': jnp.zeros((batch_size, h, slots, dh), dtype),
+                    'v': jnp.zeros((batch_size, h, dh, slots), dtype),
+                }
+                for _ in range(cfg.num_decoder_layers)
+            ),
         }
 
+    cross_layers = tuple(
+        {
+            'k': project('bsd,dhk->bhsk', dec[f'{LAYER_PREFIX}{i}']['cross_attn']['k']['kernel']),
+            'v': project('bsd,dhk->bhks', dec[f'{LAYER_PREFIX}{i}']['cross_attn']['v']['kernel']),
+        }
+        for i in range(cfg.num_decoder_layers)
+    )
     return {
         'blocks': tuple(block(slots) for slots in sizes),
         'index': jnp.zeros((), jnp.int32),
-        'cross': {
-            'k': project(cross['k']['kernel']),
-            'v': project(cross['v']['kernel']),
-            'mask': encoder_mask_BxS.astype(bool),
-        },
+        'cross': {'layers': cross_layers, 'mask': encoder_mask_BxS.astype(bool)},
     }
 
 
 def cache_logical_axes(cfg: EncoderDecoderConfig, num_blocks: int = 1) -> Cache:
     """Logical axis names (`PartitionSpec`) of every cache leaf (same tree as `init_cache`)."""
-    del cfg
     spec = jax.sharding.PartitionSpec
-    self_kv = spec(axes.BATCH, axes.LAYERS, axes.CACHE_LENGTH, axes.HEADS, axes.HEAD_DIM)
-    cross_kv = spec(axes.BATCH, axes.LAYERS, axes.LENGTH, axes.HEADS, axes.HEAD_DIM)
-    block = {'pos': spec(axes.BATCH, axes.CACHE_LENGTH), 'k': self_kv, 'v': self_kv}
+    self_k = spec(axes.BATCH, axes.HEADS, axes.CACHE_LENGTH, axes.HEAD_DIM)
+    self_v = spec(axes.BATCH, axes.HEADS, axes.HEAD_DIM, axes.CACHE_LENGTH)
+    cross_k = spec(axes.BATCH, axes.HEADS, axes.LENGTH, axes.HEAD_DIM)
+    cross_v = spec(axes.BATCH, axes.HEADS, axes.HEAD_DIM, axes.LENGTH)
+    n = cfg.num_decoder_layers
+    block = {
+        'pos': spec(axes.BATCH, axes.CACHE_LENGTH),
+        'layers': tuple({'k': self_k, 'v': self_v} for _ in range(n)),
+    }
     return {
         'blocks': (block,) * num_blocks,
         'index': spec(),
-        'cross': {'k': cross_kv, 'v': cross_kv, 'mask': spec(axes.BATCH, axes.LENGTH)},
+        'cross': {
+            'layers': tuple({'k': cross_k, 'v': cross_v} for _ in range(n)),
+            'mask': spec(axes.BATCH, axes.LENGTH),
+        },
     }
+
+
+def unstack_decoder_layers(params: Params) -> Params:
+    """Params with the decoder's stacked layers split per layer ('layers_i'), as cached
+    decoding runs them (a slice of a stacked weight is a copy, every step, on XLA CPU); the
+    encoder is kept stacked. Already per-layer params are returned as they are."""
+    return {**params, 'decoder': unstack_layers(params['decoder'])}
 
 
 def decode_with_cache(
@@ -482,5 +513,9 @@ def decode_with_cache(
     _check_mask('positions_BxT', positions_BxT, tokens_BxT.shape)
     kv_cache.check(cache, tokens_BxT.shape[0])
     return EncoderDecoder(cfg).apply(
-        {'params': params}, tokens_BxT, positions_BxT, cache, method=EncoderDecoder.decode_step
+        {'params': unstack_decoder_layers(params)},
+        tokens_BxT,
+        positions_BxT,
+        cache,
+        method=EncoderDecoder.decode_step,
     )

@@ -94,43 +94,48 @@ class RelativePositionBias(nn.Module):
 def t5_attention(q_BxTxHxK: jax.Array, parts) -> jax.Array:
     """Unscaled (T5) multi-head attention with additive bias; softmax in float32.
 
-    `parts` is a sequence of key blocks `(k [b, S, H, Dh], v [b, S, H, Dh], bias, mask)`
-    sharing one softmax, as if concatenated along S (a KV cache plus this call's new keys
-    without copying the cache). Queries may have n times the batch of a block (B = n*b):
-    query row i attends to key row i // n, so beams/samples of one input share its encoder
-    k/v without a copy. `bias` (or None) broadcasts to [B, H, T, S]; `mask` (True = attend)
-    to [B, T, S]. Returns [B, T, H, Dh] in q's dtype.
+    `parts` is a sequence of key blocks `(k, v, bias, mask)` or `(k, v, bias, mask,
+    head_major)` sharing one softmax, as if concatenated along S (a KV cache plus this
+    call's new keys without copying the cache). k and v are [b, S, H, Dh], or with
+    `head_major` the cache layout k [b, H, S, Dh], v [b, H, Dh, S]: for one query per row
+    XLA CPU then reads both as row-major matrices contracted on their minor axis (the
+    token-major layout is copied transposed for every call). Queries may have n times the
+    batch of a block (B = n*b): query row i attends to key row i // n, so beams/samples of
+    one input share its encoder k/v without a copy. `bias` (or None) broadcasts to
+    [B, H, T, S]; `mask` (True = attend) to [B, T, S]. Returns [B, T, H, Dh] in q's dtype.
     """
     bq, t, h, dk = q_BxTxHxK.shape
+    dtype = q_BxTxHxK.dtype
     logits, groups = [], []
-    for k_bxSxHxK, _, bias_BxHxTxS, mask_BxTxS in parts:
-        b, s = k_bxSxHxK.shape[:2]
+    for k_, _, bias_BxHxTxS, mask_BxTxS, *layout in parts:
+        head_major = bool(layout and layout[0])
+        b, s = k_.shape[0], k_.shape[2 if head_major else 1]
         if bq % b:
             raise ValueError(
                 f'Query batch {bq} is not a multiple of key/value batch {b}; decoder rows '
                 'must be n copies (adjacent) of each encoder row.'
             )
+        spec = 'bnthk,bhsk->bnhts' if head_major else 'bnthk,bshk->bnhts'
+        q_bxNxTxHxK = q_BxTxHxK.reshape(b, bq // b, t, h, dk)
         logits_bxNxHxTxS = jnp.einsum(
-            'bnthk,bshk->bnhts',
-            q_BxTxHxK.reshape(b, bq // b, t, h, dk),
-            k_bxSxHxK.astype(q_BxTxHxK.dtype),
-            preferred_element_type=jnp.float32,
+            spec, q_bxNxTxHxK, k_.astype(dtype), preferred_element_type=jnp.float32
         )
         logits_BxHxTxS = logits_bxNxHxTxS.reshape(bq, h, t, s)
         if bias_BxHxTxS is not None:
             logits_BxHxTxS = logits_BxHxTxS + bias_BxHxTxS
         logits.append(jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, _MASK_VALUE))
-        groups.append((b, s))
+        groups.append((b, s, head_major))
     probs_BxHxTxS = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1)
     out_BxTxHxK = 0.0
     start = 0
-    for (_, v_bxSxHxK, _, _), (b, s) in zip(parts, groups, strict=True):
+    for part, (b, s, head_major) in zip(parts, groups, strict=True):
         p_bxNxHxTxS = probs_BxHxTxS[..., start : start + s].reshape(b, bq // b, h, t, s)
         start += s
-        v_bxSxHxK = v_bxSxHxK.astype(q_BxTxHxK.dtype)
-        out = jnp.einsum('bnhts,bshk->bnthk', p_bxNxHxTxS.astype(v_bxSxHxK.dtype), v_bxSxHxK)
+        v_ = part[1].astype(dtype)
+        spec = 'bnhts,bhks->bnthk' if head_major else 'bnhts,bshk->bnthk'
+        out = jnp.einsum(spec, p_bxNxHxTxS.astype(dtype), v_)
         out_BxTxHxK = out_BxTxHxK + out.reshape(bq, t, h, dk)
-    return out_BxTxHxK.astype(q_BxTxHxK.dtype)
+    return out_BxTxHxK.astype(dtype)
 
 
 class T5Attention(nn.Module):
@@ -255,9 +260,9 @@ class DecoderLayer(nn.Module):
     """Pre-norm T5 decoder block; `(x, new self k/v | None)` for `nn.scan`.
 
     `self_args` holds (bias, mask) per self-attention key block: one block (this call's
-    keys) without a cache; with this layer's cache `{'k','v': tuples of blocks
-    [B', S_i, H, Dh], 'cross_k','cross_v': [B, S_enc, H, Dh]}` one per cache block, as it
-    was, then the new keys. The cache is only read here: the caller writes the returned new
+    keys) without a cache; with this layer's cache `{'k','v': tuples of blocks, 'cross_k',
+    'cross_v'}` (head-major: k [B', H, S_i, Dh], v [B', H, Dh, S_i], cross likewise with B
+    rows, see `t5_attention`) one per cache block, as it was, then the new keys. The cache is only read here: the caller writes the returned new
     k/v [B', T, H, Dh] into it once for all layers. Cross k/v come from the cache, or are
     projected from `encoded` without one.
     """
@@ -278,7 +283,7 @@ class DecoderLayer(nn.Module):
             dtype = cache['k'][0].dtype
             new_kv = {'k': k.astype(dtype), 'v': v.astype(dtype)}
             blocks = zip(cache['k'], cache['v'], self_args[:-1], strict=True)
-            parts = [(ck, cv, *args) for ck, cv, args in blocks]
+            parts = [(ck, cv, *args, True) for ck, cv, args in blocks]
             parts.append((new_kv['k'], new_kv['v'], *self_args[-1]))
         x_BxTxD = x_BxTxD + self_attn(h_BxTxD, parts)
 
@@ -288,7 +293,7 @@ class DecoderLayer(nn.Module):
             ck, cv = cache['cross_k'], cache['cross_v']
         else:
             ck, cv = cross_attn.kv(encoded_bxSxD)
-        x_BxTxD = x_BxTxD + cross_attn(h_BxTxD, [(ck, cv, None, cross_mask)])
+        x_BxTxD = x_BxTxD + cross_attn(h_BxTxD, [(ck, cv, None, cross_mask, cache is not None)])
 
         h_BxTxD = norm(self.cfg, 'mlp_norm')(x_BxTxD)
         x_BxTxD = x_BxTxD + _mlp(self.cfg)(h_BxTxD)
