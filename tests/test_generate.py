@@ -89,10 +89,14 @@ def _prompts(lengths, seed=0):
     return [list(rng.integers(3, 64, size=n)) for n in lengths]
 
 
-def test_decoder_cache_decoding_equals_full_forward_argmax(dec_params):
+# 64: one generation block (one loop phase); 3: three blocks (three phases, each attending
+# to the blocks filled so far).
+@pytest.mark.parametrize('cache_block', [64, 3])
+def test_decoder_cache_decoding_equals_full_forward_argmax(dec_params, cache_block):
     prompts = _prompts([5, 1, 12, 7])
     gen = generate.make_generator('decoder', DEC_CFG, dec_params, None)
-    out = gen.generate(prompts, generate.GenerateConfig(max_new_tokens=10, batch_size=3))
+    gen_cfg = generate.GenerateConfig(max_new_tokens=10, batch_size=3, cache_block=cache_block)
+    out = gen.generate(prompts, gen_cfg)
     for p, samples in zip(prompts, out, strict=True):
         assert len(samples) == 1
         assert samples[0].tokens == _full_forward_greedy(dec_params, p, 10)
@@ -102,10 +106,12 @@ def test_decoder_cache_decoding_equals_full_forward_argmax(dec_params):
         np.testing.assert_allclose(samples[0].score, want, rtol=1e-4)
 
 
-def test_encoder_decoder_cache_decoding_equals_full_forward_argmax(encdec_params):
+@pytest.mark.parametrize('cache_block', [64, 3])
+def test_encoder_decoder_cache_decoding_equals_full_forward_argmax(encdec_params, cache_block):
     inputs = _prompts([6, 2, 9], seed=1)
     gen = generate.make_generator('encoder_decoder', ENCDEC_CFG, encdec_params, None)
-    out = gen.generate(inputs, generate.GenerateConfig(max_new_tokens=8, batch_size=2))
+    gen_cfg = generate.GenerateConfig(max_new_tokens=8, batch_size=2, cache_block=cache_block)
+    out = gen.generate(inputs, gen_cfg)
     for x, samples in zip(inputs, out, strict=True):
         seq = [ENCDEC_CFG.decoder_start_token_id]
         for _ in range(8):
@@ -169,6 +175,22 @@ def test_beam_one_equals_greedy_and_returns_sorted_hypotheses(dec_params):
     for hyps in beam:
         scores = [h.score for h in hyps]
         assert len(hyps) == 3 and scores == sorted(scores, reverse=True)
+    # The same search over a cache in 2-slot blocks (3 loop phases, the prompt's block
+    # never reordered) and in one block (everything reordered every step).
+    for cache_block in (2, 0):
+        other = gen.generate(
+            prompts,
+            generate.GenerateConfig(
+                strategy='beam',
+                num_beams=4,
+                num_return_sequences=3,
+                max_new_tokens=6,
+                cache_block=cache_block,
+            ),
+        )
+        for hyps, want in zip(other, beam, strict=True):
+            assert [h.tokens for h in hyps] == [h.tokens for h in want]
+            np.testing.assert_allclose([h.score for h in hyps], [h.score for h in want], rtol=1e-5)
 
 
 def test_text_prompts_and_stop_strings(dec_params):
@@ -200,6 +222,8 @@ def test_bad_input_is_refused(dec_params):
         generate.GenerateConfig(strategy='sample', top_p=1.5)
     with pytest.raises(ValueError, match='temperature'):
         generate.GenerateConfig(strategy='sample', temperature=-0.5)
+    with pytest.raises(ValueError, match='cache_block'):
+        generate.GenerateConfig(cache_block=-1)
     with pytest.raises(ValueError, match='top_k'):
         gen.generate([[3]], generate.GenerateConfig(strategy='sample', top_k=65))
     with pytest.raises(ValueError, match='GiB'):
