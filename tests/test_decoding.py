@@ -441,3 +441,18 @@ def test_buckets():
         128,
         192,
     ]
+
+
+def test_sample_rows_never_draws_a_filtered_token():
+    keys = decoding.row_keys(3, jnp.arange(2000))
+    neg = -jnp.inf
+    got = decoding.sampling.sample_rows(
+        keys, jnp.tile(jnp.asarray([[neg, 0.0, 0.0, neg]]), (2000, 1))
+    )
+    assert set(np.asarray(got).tolist()) == {1, 2}
+    got = decoding.sampling.sample_rows(keys, jnp.tile(jnp.asarray([[neg, 5.0, neg]]), (2000, 1)))
+    assert set(np.asarray(got).tolist()) == {1}
+    # Row b depends on its key only.
+    logits = jax.random.normal(jax.random.key(0), (2000, 7))
+    alone = decoding.sampling.sample_rows(keys[5:6], logits[5:6])
+    assert int(alone[0]) == int(decoding.sampling.sample_rows(keys, logits)[5])

@@ -110,14 +110,31 @@ class Sampling:
     def next_tokens(self, logits_BxV: jax.Array, keys_B: jax.Array) -> jax.Array:
         """int32[B] tokens sampled from the filtered distribution, row b with `keys_B[b]`."""
         if self.top_k == 0:
-            logits_BxV = self.filter_logits(logits_BxV)
-            return jax.vmap(jax.random.categorical)(keys_B, logits_BxV).astype(jnp.int32)
+            return sample_rows(keys_B, self.filter_logits(logits_BxV))
         # Sort only the top k, then sample a rank.
         logits_BxV = logits_BxV.astype(jnp.float32) / self.temperature
         sorted_BxK, idx_BxK = jax.lax.top_k(logits_BxV, self.top_k)
         sorted_BxK = self._filter_sorted(sorted_BxK)
-        rank_B = jax.vmap(jax.random.categorical)(keys_B, sorted_BxK)
+        rank_B = sample_rows(keys_B, sorted_BxK)
         return jnp.take_along_axis(idx_BxK, rank_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def sample_rows(keys_B: jax.Array, logits_BxV: jax.Array) -> jax.Array:
+    """int32[B]: one index per row drawn from softmax(logits) (-inf = never), row b with
+    `keys_B[b]` only.
+
+    Inverse CDF with one uniform per row: the first index whose cumulative probability
+    exceeds u * total. `jax.random.categorical` draws V Gumbel variates per row instead,
+    ~1 ms of a batch-8, 8192-token decoding step on 2 CPU cores (this: ~0.25 ms). An index
+    is returned only where its probability is positive (the cumulative sum steps up there
+    and u * total stays below the total).
+    """
+    probs_BxV = jax.nn.softmax(logits_BxV.astype(jnp.float32), axis=-1)
+    cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
+    total_B = cdf_BxV[:, -1]
+    u_B = jax.vmap(lambda key: jax.random.uniform(key, ()))(keys_B)
+    x_B = jnp.minimum(u_B * total_B, jnp.nextafter(total_B, 0.0))
+    return jnp.sum(cdf_BxV <= x_B[:, None], axis=-1).astype(jnp.int32)
 
 
 def _top_p_filter_unsorted(logits_BxV: jax.Array, top_p: float) -> jax.Array:
