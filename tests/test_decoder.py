@@ -5,8 +5,8 @@ import dataclasses
 import importlib.util
 import math
 import pathlib
-import re
 
+import hlo_checks
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -352,18 +352,8 @@ def test_decode_loop_updates_the_cache_in_place():
         return jax.lax.fori_loop(0, 8, body, (jnp.ones((1, 1), jnp.int32), cache))
 
     hlo = jax.jit(loop, donate_argnums=1).lower(params, cache).compile().as_text()
-    bodies = set(re.findall(r'body=%([\w.\-]+)', hlo))
-    assert bodies
     cache_elems = cfg.num_kv_heads * cfg.head_dim * slots
-    for computation in hlo.split('\n\n'):
-        name = re.match(r'\s*%([\w.\-]+)', computation)
-        if not name or name.group(1) not in bodies:
-            continue
-        for m in re.finditer(
-            r'%([\w.\-]*(?:copy|transpose)[\w.\-]*) = \w+\[([\d,]*)\]', computation
-        ):
-            elems = math.prod(int(d) for d in m.group(2).split(',') if d)
-            assert elems < cache_elems, f'{m.group(1)} copies a cache-sized buffer every step'
+    hlo_checks.assert_loop_bodies_copy_less_than(hlo, cache_elems)
 
 
 def test_chunked_causal_attention_equals_one_block():

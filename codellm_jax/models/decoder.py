@@ -111,14 +111,9 @@ class Attention(nn.Module):
                 q_BxTxHxDh, layer_blocks, k_BxTxKxDh, v_BxTxKxDh, positions_BxT
             )
             last_k, last_v, _ = layer_blocks[-1]
-            new_kv = {
-                'k': kv_cache.write(
-                    last_k, k_BxTxKxDh.transpose(0, 2, 1, 3), index, 2, out_BxTxHxDh
-                ),
-                'v': kv_cache.write(
-                    last_v, v_BxTxKxDh.transpose(0, 2, 3, 1), index, 3, out_BxTxHxDh
-                ),
-            }
+            new_kv = kv_cache.write_layer(
+                {'k': last_k, 'v': last_v}, k_BxTxKxDh, v_BxTxKxDh, index, out_BxTxHxDh
+            )
         out_BxTxHxDh = nn.with_logical_constraint(out_BxTxHxDh, _ACT_HEADS)
         out_BxTxD = layers.DenseGeneral(
             (cfg.d_model,), (axes.HEADS, axes.HEAD_DIM, axes.EMBED), num_in=2, name='o', **kw
@@ -199,9 +194,7 @@ class Decoder(nn.Module):
                     x_BxTxD, positions_BxT, None, (layer_blocks, index)
                 )
                 new_layers.append(last_kv)
-            pos = kv_cache.write(blocks[-1]['pos'], positions_BxT, index, 1, x_BxTxD)
-            last = {'pos': pos, 'layers': tuple(new_layers)}
-            new_kv = {**kv, 'blocks': (*blocks[:-1], last), 'index': index + tokens_BxT.shape[1]}
+            new_kv = kv_cache.append(kv, new_layers, positions_BxT, x_BxTxD)
         x_BxTxD = layers.RMSNorm(
             eps=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name='final_norm'
         )(x_BxTxD)
@@ -350,28 +343,15 @@ def init_cache(
     reorders them along axis 0. Values are stored transposed (see `layers.cached_attention`).
     dtype defaults to cfg.dtype.
     """
-    sizes = (block_sizes,) if isinstance(block_sizes, int) else tuple(block_sizes)
-    if sum(sizes) > cfg.max_seq_len:
-        raise ValueError(
-            f'cache of {sum(sizes)} slots exceeds max_seq_len={cfg.max_seq_len}; '
-            'raise model.max_seq_len or shorten prompt + generation.'
-        )
-    dtype = layers.as_dtype(dtype or cfg.dtype)
-    k, dh = cfg.num_kv_heads, cfg.head_dim
-
-    def block(s: int) -> dict:
-        return {
-            'pos': kv_cache.empty_pos(batch_size, s),
-            'layers': tuple(
-                {
-                    'k': jnp.zeros((batch_size, k, s, dh), dtype),
-                    'v': jnp.zeros((batch_size, k, dh, s), dtype),
-                }
-                for _ in range(cfg.num_layers)
-            ),
-        }
-
-    return {'blocks': tuple(block(s) for s in sizes), 'index': jnp.zeros((), jnp.int32)}
+    return kv_cache.empty(
+        batch_size,
+        block_sizes,
+        cfg.num_layers,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        layers.as_dtype(dtype or cfg.dtype),
+        cfg.max_seq_len,
+    )
 
 
 def forward_with_cache(

@@ -129,20 +129,8 @@ class Decoder(nn.Module):
                 x_BxTxD, self_args, encoded, cross_mask, layer_cache
             )
             last = blocks[-1]['layers'][i]
-            new_layers.append(
-                {
-                    'k': kv_cache.write(
-                        last['k'], new_kv['k'].transpose(0, 2, 1, 3), index, 2, x_BxTxD
-                    ),
-                    'v': kv_cache.write(
-                        last['v'], new_kv['v'].transpose(0, 2, 3, 1), index, 3, x_BxTxD
-                    ),
-                }
-            )
-        last = {**blocks[-1], 'layers': tuple(new_layers)}
-        last['pos'] = kv_cache.write(last['pos'], positions_BxT, index, 1, x_BxTxD)
-        t = positions_BxT.shape[1]
-        new_cache = {**cache, 'blocks': (*blocks[:-1], last), 'index': index + t}
+            new_layers.append(kv_cache.write_layer(last, new_kv['k'], new_kv['v'], index, x_BxTxD))
+        new_cache = kv_cache.append(cache, new_layers, positions_BxT, x_BxTxD)
         return norm(cfg, 'final_norm')(x_BxTxD), new_cache
 
 
@@ -425,32 +413,22 @@ def init_cache(
     if encoder_mask_BxS is None:
         encoder_mask_BxS = jnp.ones((b, s), bool)
     _check_mask('encoder_mask_BxS', encoder_mask_BxS, (b, s))
-    sizes = (block_sizes,) if isinstance(block_sizes, int) else tuple(block_sizes)
-    if sum(sizes) > cfg.max_seq_len:
-        raise ValueError(
-            f'cache of {sum(sizes)} slots exceeds max_seq_len={cfg.max_seq_len}; raise '
-            'model.max_seq_len or shorten the target.'
-        )
     dtype = as_dtype(dtype or cfg.dtype)
+    cache = kv_cache.empty(
+        batch_size,
+        block_sizes,
+        cfg.num_decoder_layers,
+        cfg.num_heads,
+        cfg.head_dim,
+        dtype,
+        cfg.max_seq_len,
+    )
     compute = as_dtype(cfg.dtype)
     x = encoded_BxSxD.astype(compute)
     dec = unstack_layers(params['decoder'])
 
     def project(spec: str, kernel_DxHxK: jax.Array) -> jax.Array:
         return jnp.einsum(spec, x, kernel_DxHxK.astype(compute)).astype(dtype)
-
-    def block(slots: int) -> dict:
-        h, dh = cfg.num_heads, cfg.head_dim
-        return {
-            'pos': kv_cache.empty_pos(batch_size, slots),
-            'layers': tuple(
-                {
-                    'k': jnp.zeros((batch_size, h, slots, dh), dtype),
-                    'v': jnp.zeros((batch_size, h, dh, slots), dtype),
-                }
-                for _ in range(cfg.num_decoder_layers)
-            ),
-        }
 
     cross_layers = tuple(
         {
@@ -459,11 +437,7 @@ def init_cache(
         }
         for i in range(cfg.num_decoder_layers)
     )
-    return {
-        'blocks': tuple(block(slots) for slots in sizes),
-        'index': jnp.zeros((), jnp.int32),
-        'cross': {'layers': cross_layers, 'mask': encoder_mask_BxS.astype(bool)},
-    }
+    return {**cache, 'cross': {'layers': cross_layers, 'mask': encoder_mask_BxS.astype(bool)}}
 
 
 def cache_logical_axes(cfg: EncoderDecoderConfig, num_blocks: int = 1) -> Cache:

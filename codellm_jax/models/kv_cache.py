@@ -14,6 +14,10 @@ A negative position marks a padding token: its key is never attended to, and its
 is meaningless. Slots are therefore not positions: right-padded prompts of different lengths
 prefill one block (pads at position -1), and every row's next token goes to the same slot.
 
+Both models keep one entry per layer in every block, head-major with values transposed:
+{'k': [R, H, S_b, Dh], 'v': [R, H, Dh, S_b]} (`empty`, `write_layer`): for one query per row
+XLA CPU reads both as row-major matrices contracted on their minor axis, in place.
+
 Why blocks: a decoding loop passes only the blocks filled so far (a static prefix of the
 tuple, one compiled loop per block), so attention reads the filled part of the cache and
 beam search reorders only that part; each block is its own buffer, so no slice of a larger
@@ -33,6 +37,61 @@ EMPTY = -1
 def empty_pos(rows: int, slots: int) -> jax.Array:
     """int32[rows, slots] of `EMPTY`: a block's positions before anything is written."""
     return jnp.full((rows, slots), EMPTY, jnp.int32)
+
+
+def empty(
+    rows: int,
+    block_sizes: int | tuple[int, ...],
+    num_layers: int,
+    heads: int,
+    head_dim: int,
+    dtype,
+    max_seq_len: int,
+) -> dict:
+    """An empty cache, index 0: one block per entry of `block_sizes` (an int: one block),
+    each {'pos': EMPTY [rows, S_b], 'layers': ({'k': [rows, H, S_b, Dh],
+    'v': [rows, H, Dh, S_b]}, ...one per layer)} of zeros in `dtype`."""
+    sizes = (block_sizes,) if isinstance(block_sizes, int) else tuple(block_sizes)
+    if sum(sizes) > max_seq_len:
+        raise ValueError(
+            f'cache of {sum(sizes)} slots exceeds max_seq_len={max_seq_len}; '
+            'raise model.max_seq_len or shorten prompt + generation.'
+        )
+
+    def block(s: int) -> dict:
+        return {
+            'pos': empty_pos(rows, s),
+            'layers': tuple(
+                {
+                    'k': jnp.zeros((rows, heads, s, head_dim), dtype),
+                    'v': jnp.zeros((rows, heads, head_dim, s), dtype),
+                }
+                for _ in range(num_layers)
+            ),
+        }
+
+    return {'blocks': tuple(block(s) for s in sizes), 'index': jnp.zeros((), jnp.int32)}
+
+
+def write_layer(
+    layer: dict, k_BxTxHxDh: jax.Array, v_BxTxHxDh: jax.Array, index: jax.Array, after: jax.Array
+) -> dict:
+    """One layer's {'k', 'v'} of the last block with this call's keys/values written
+    (token-major in, the cache's head-major layout out); see `write` for `after`."""
+    return {
+        'k': write(layer['k'], k_BxTxHxDh.transpose(0, 2, 1, 3), index, 2, after),
+        'v': write(layer['v'], v_BxTxHxDh.transpose(0, 2, 3, 1), index, 3, after),
+    }
+
+
+def append(cache: dict, new_layers: tuple, positions_BxT: jax.Array, after: jax.Array) -> dict:
+    """The cache after a call: the last block's layers replaced by `new_layers` (from
+    `write_layer`), its positions written at `index`, and the index advanced."""
+    blocks, index = cache['blocks'], cache['index']
+    last = {**blocks[-1], 'layers': tuple(new_layers)}
+    last['pos'] = write(last['pos'], positions_BxT, index, 1, after)
+    t = positions_BxT.shape[1]
+    return {**cache, 'blocks': (*blocks[:-1], last), 'index': index + t}
 
 
 def key_mask(key_pos_BxS: jax.Array, query_pos_BxT: jax.Array) -> jax.Array:

@@ -1,0 +1,24 @@
+"""Checks on compiled (optimized) HLO text, shared by the models' decoding-loop tests."""
+
+from __future__ import annotations
+
+import math
+import re
+
+
+def assert_loop_bodies_copy_less_than(hlo: str, limit_elems: int) -> None:
+    """Fails if a `while` body of `hlo` has a copy or transpose of >= `limit_elems` elements.
+
+    A decoding loop that updates its KV cache in place copies nothing cache-sized per step.
+    """
+    bodies = set(re.findall(r'body=%([\w.\-]+)', hlo))
+    assert bodies, 'the program has no while loop'
+    for computation in hlo.split('\n\n'):
+        name = re.match(r'\s*%([\w.\-]+)', computation)
+        if not name or name.group(1) not in bodies:
+            continue
+        for m in re.finditer(
+            r'%([\w.\-]*(?:copy|transpose)[\w.\-]*) = \w+\[([\d,]*)\]', computation
+        ):
+            elems = math.prod(int(d) for d in m.group(2).split(',') if d)
+            assert elems < limit_elems, f'{m.group(1)} copies a cache-sized buffer every step'
