@@ -6,6 +6,7 @@ import importlib.util
 import math
 import pathlib
 
+import flax.linen as nn
 import hlo_checks
 import jax
 import jax.numpy as jnp
@@ -302,6 +303,59 @@ def test_chunks_after_a_prefill_and_per_layer_params_match_forward():
     np.testing.assert_allclose(got, full, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize('tied, fuse_qkv', [(False, False), (True, False), (False, True)])
+def test_decode_layout_matches_forward(tied, fuse_qkv):
+    """The decoding layout (kernels transposed, weight as the left matmul operand; q/k/v
+    optionally fused) gives the full forward's logits through the cache, tied head too."""
+    cfg = dataclasses.replace(_cfg(2, True), tie_embeddings=tied)
+    params = _params(cfg)
+    dec = decoder.decode_layout(params, fuse_qkv=fuse_qkv)
+    h, k, dh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_model
+    attn, mlp = dec['layers_1']['attn'], dec['layers_1']['mlp']
+    want_shapes = {'q': (h * dh, d), 'k': (k * dh, d), 'v': (k * dh, d), 'o': (d, h * dh)}
+    if fuse_qkv:
+        want_shapes = {'qkv': ((h + 2 * k) * dh, d), 'o': (d, h * dh)}
+        wv = params['layers']['attn']['v']['kernel'][1].reshape(d, k * dh)
+        np.testing.assert_array_equal(attn['qkv']['kernel_t'][(h + k) * dh :], wv.T)
+    assert {n: v['kernel_t'].shape for n, v in attn.items()} == want_shapes
+    assert mlp['down']['kernel_t'].shape == (d, cfg.d_ff)
+    np.testing.assert_array_equal(
+        attn['o']['kernel_t'], params['layers']['attn']['o']['kernel'][1].reshape(h * dh, d).T
+    )
+    assert ('lm_head' in dec) == (not tied)
+    if not tied:
+        assert dec['lm_head']['kernel_t'].shape == (cfg.vocab_size, d)
+    # Idempotent; a fused layout is never split back.
+    again = decoder.decode_layout(dec, fuse_qkv=fuse_qkv)
+    assert jax.tree.structure(again) == jax.tree.structure(dec)
+    if fuse_qkv:
+        with pytest.raises(ValueError, match='cannot split a fused qkv'):
+            decoder.decode_layout(dec)
+
+    b, t = 3, 11
+    tokens = _tokens((b, t), seed=3)
+    full = _forward(params, cfg, tokens)
+    bounds = [(0, 7)] + [(i, i + 1) for i in range(7, t)]
+    got, _ = _decode_in_chunks(dec, cfg, tokens, (7, 4, 5), bounds)
+    np.testing.assert_allclose(got, full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('rows, num_in', [(1, 1), (8, 1), (40, 2)])
+def test_dense_with_transposed_kernel_equals_kernel(rows, num_in):
+    features = (3, 5)
+    in_shape = (4, 6) if num_in == 2 else (24,)
+    dense = layers.DenseGeneral(features, ('embed',) * (num_in + 2), num_in=num_in)
+    x = jax.random.normal(jax.random.key(0), (rows, *in_shape))
+    params = nn.unbox(dense.init(jax.random.key(1), x))['params']
+    want = dense.apply({'params': params}, x)
+    kernel_t = layers.transpose_kernel(params['kernel'], num_in)
+    assert kernel_t.shape == (15, 24)
+    got = dense.apply({'params': {'kernel_t': kernel_t}}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r'kernel_t of .* expected \[fan_out, fan_in\]'):
+        dense.apply({'params': {'kernel_t': kernel_t.T}}, x)
+
+
 def test_cache_write_fills_the_same_slots_of_every_row_or_nothing():
     cache = jnp.zeros((3, 1, 5, 2))
     new = jnp.arange(3 * 2 * 2, dtype=jnp.float32).reshape(3, 1, 2, 2) + 1
@@ -332,14 +386,15 @@ def test_key_mask_hides_empty_slots_and_the_future():
     np.testing.assert_array_equal(got, np.asarray(want, bool))
 
 
-def test_decode_loop_updates_the_cache_in_place():
+@pytest.mark.parametrize('fuse_qkv', [False, True])
+def test_decode_loop_updates_the_cache_in_place(fuse_qkv):
     """The compiled decoding loop never copies or transposes a cache-sized buffer.
 
     Guards the layout and ordering choices of `layers.cached_attention` and
     `kv_cache.write`: each broken one shows up here as per-step copies.
     """
     cfg = dataclasses.replace(TINY, num_kv_heads=4, max_seq_len=256)
-    params = decoder.unstack_layers(_params(cfg))
+    params = decoder.decode_layout(_params(cfg), fuse_qkv=fuse_qkv)
     slots = 160
     cache = decoder.init_cache(cfg, 1, slots)
 
@@ -354,6 +409,9 @@ def test_decode_loop_updates_the_cache_in_place():
     hlo = jax.jit(loop, donate_argnums=1).lower(params, cache).compile().as_text()
     cache_elems = cfg.num_kv_heads * cfg.head_dim * slots
     hlo_checks.assert_loop_bodies_copy_less_than(hlo, cache_elems)
+    # Nor a weight: the decoding layout is consumed as stored.
+    weight_elems = cfg.d_model * cfg.num_kv_heads * cfg.head_dim
+    hlo_checks.assert_loop_bodies_copy_less_than(hlo, weight_elems)
 
 
 def test_chunked_causal_attention_equals_one_block():

@@ -42,6 +42,9 @@ from codellm_jax.models.model_config import DecoderConfig, EncoderDecoderConfig
 
 ModelConfig = DecoderConfig | EncoderDecoderConfig
 _MIN_BUCKET = 16
+# Decoding loops with fewer rows (batch x beams/samples) run the decoder with q/k/v fused
+# into one matmul (`Generator._params_for`).
+_FUSE_QKV_BELOW = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,12 +272,28 @@ class Generator:
         self.model_kind = model_kind
         self.model_cfg = model_cfg
         # Decoding runs the layers one by one: give each layer its own buffers once here
-        # (a slice of a stacked weight is a copy, every step, on XLA CPU).
+        # (a slice of a stacked weight is a copy, every step, on XLA CPU), and the decoder
+        # its kernels transposed (`decoder.decode_layout`: the weight is the left operand).
         if model_kind == 'decoder':
-            self.params = decoder.unstack_layers(params)
+            self.params = decoder.decode_layout(params)
         else:
             self.params = encoder_decoder.unstack_decoder_layers(params)
+        self._fused_params = None
         self.tokenizer = tokenizer
+
+    def _params_for(self, rows: int) -> Any:
+        """The decoder's params for a loop of `rows` rows: q/k/v fused below `_FUSE_QKV_BELOW`.
+
+        Measured (d_model 512, 2 CPU threads, ms per step, interleaved): fused vs separate
+        at 1 row 4.90 vs 5.51, 4 rows (beams) 12.6 vs 13.2, 8 rows 16.4 vs 15.8 (there the
+        three separate matmuls run concurrently). Built once, on first use; the fused
+        layout shares every other leaf with `self.params`.
+        """
+        if self.model_kind != 'decoder' or rows >= _FUSE_QKV_BELOW:
+            return self.params
+        if self._fused_params is None:
+            self._fused_params = decoder.decode_layout(self.params, fuse_qkv=True)
+        return self._fused_params
 
     # -- prompts --------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str] | Sequence[Sequence[int]], gen_cfg) -> list:
@@ -422,7 +441,8 @@ class Generator:
         inputs[len(batch_ids) :, 0] = 0  # dummy prompts fill the last batch
         row_ids = np.zeros((bsz, n_rows), np.int32)
         row_ids[: len(indices)] = np.asarray(indices)[:, None] * n_rows + np.arange(n_rows)
-        cache = _init_cache(self.params, jnp.asarray(inputs), spec=spec, rows=rows, blocks=blocks)
+        params = self._params_for(rows)
+        cache = _init_cache(params, jnp.asarray(inputs), spec=spec, rows=rows, blocks=blocks)
         if self.model_kind == 'decoder':
             prompt = np.maximum(inputs, 0)
             lens = np.maximum((inputs >= 0).sum(1), 1)
@@ -430,7 +450,7 @@ class Generator:
             start = self.model_cfg.decoder_start_token_id
             prompt, lens = np.full((bsz, 1), start, np.int32), np.ones((bsz,), np.int32)
         out = _generate_batch(
-            self.params,
+            params,
             cache,
             jnp.asarray(prompt),
             jnp.asarray(lens, jnp.int32),

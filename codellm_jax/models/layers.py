@@ -332,6 +332,10 @@ class DenseGeneral(nn.Module):
 
     `features` is the output shape; the kernel is [*in_dims(axes_in), *features]. The
     matmul contracts the trailing `num_in` axes of the input.
+
+    Decoding layout: params holding 'kernel_t' instead of 'kernel' (the same weights as one
+    2-D [fan_out, fan_in] matrix, `transpose_kernel`) make the weight the left operand of
+    the matmul; see `matmul_weight_lhs`.
     """
 
     features: tuple[int, ...]
@@ -346,6 +350,18 @@ class DenseGeneral(nn.Module):
         in_shape = x.shape[x.ndim - self.num_in :]
         fan_in = int(np.prod(in_shape))
         fan_out = int(np.prod(self.features))
+        dtype = as_dtype(self.dtype)
+        lead = x.shape[: x.ndim - self.num_in]
+        x_NxI = x.astype(dtype).reshape(-1, fan_in)
+        if self.has_variable('params', 'kernel_t'):
+            kernel_OxI = self.get_variable('params', 'kernel_t')
+            if kernel_OxI.shape != (fan_out, fan_in):
+                raise ValueError(
+                    f'kernel_t of {self.name!r} has shape {kernel_OxI.shape}; expected '
+                    f'[fan_out, fan_in] = {(fan_out, fan_in)}.'
+                )
+            y_NxO = matmul_weight_lhs(kernel_OxI.astype(dtype), x_NxI)
+            return y_NxO.reshape(*lead, *self.features)
 
         def init(rng, shape, dtype):
             flat = self.kernel_init(rng, (fan_in, fan_out), dtype)
@@ -357,15 +373,31 @@ class DenseGeneral(nn.Module):
             (*in_shape, *self.features),
             as_dtype(self.param_dtype),
         )
-        dtype = as_dtype(self.dtype)
-        lead = x.shape[: x.ndim - self.num_in]
         # One 2-D matmul [N, fan_in] @ [fan_in, fan_out]: XLA CPU then computes the weight
         # gradient without transposed copies of the cotangent (~25% less CPU per train step
         # than a dot_general over the un-flattened axes; experiments/benchmarks/README.md).
-        y_NxO = jnp.dot(
-            x.astype(dtype).reshape(-1, fan_in), kernel.astype(dtype).reshape(fan_in, fan_out)
-        )
+        y_NxO = jnp.dot(x_NxI, kernel.astype(dtype).reshape(fan_in, fan_out))
         return y_NxO.reshape(*lead, *self.features)
+
+
+def transpose_kernel(kernel: jax.Array, num_in: int) -> jax.Array:
+    """A `DenseGeneral` kernel [*in_dims, *features] -> its 'kernel_t' [fan_out, fan_in]."""
+    fan_in = int(np.prod(kernel.shape[:num_in]))
+    return jnp.transpose(jnp.reshape(kernel, (fan_in, -1)))
+
+
+def matmul_weight_lhs(w_OxI: jax.Array, x_NxI: jax.Array) -> jax.Array:
+    """x @ w.T as (w @ x.T).T, keeping the weight the LEFT operand: returns [N, O].
+
+    For the few rows of a decoding step (N = batch or beams) XLA CPU's GEMM streams a
+    weight much faster as the left operand [O, I] than as the right one [I, O] (packed
+    per call): a chain of the decoder's matmuls at N = 8 ran 27 vs 17 GB/s, the
+    [512, 8192] output head 17.6 vs 10.4 GB/s, and no slower at N = 1..512
+    (experiments/benchmarks/README.md, session 5). The barriers stop XLA's algebraic
+    simplifier from folding the two transposes back into x @ w.T, its slow form.
+    """
+    barrier = jax.lax.optimization_barrier
+    return barrier(w_OxI @ barrier(x_NxI.T)).T
 
 
 class SwiGLU(nn.Module):

@@ -35,7 +35,7 @@ import torch
 
 from codellm_jax import generate
 from codellm_jax.interop import hf_torch
-from codellm_jax.models import decoder
+from codellm_jax.models import decoder, layers
 from codellm_jax.models.model_config import DecoderConfig
 
 
@@ -85,48 +85,48 @@ def _matvec_chains(cfg: DecoderConfig, params, rows: int):
     """One decoding step's weight matmuls alone, in each framework: (jax fn, torch fn).
 
     Per layer: q, k, v from one input, o, gate and up from one input, down; then the output
-    head. A tanh keeps each layer dependent on the last. No attention, norms or sampling:
-    this is the floor set by each framework's [rows, D] @ [D, N] kernels streaming the
-    weights, which a decoding step cannot beat.
+    head. A tanh keeps each layer dependent on the last; k and v are summed over their
+    features so that every weight is streamed whole (a slice of a matmul's output lets XLA
+    slice the weight instead). No attention, norms or sampling: this is the floor set by
+    each framework's [rows, D] @ [D, N] kernels streaming the weights, which a decoding
+    step cannot beat. JAX runs the matmuls as our decoding step does: the decoding layout
+    (`decoder.decode_layout`, kernels [N, D]) through `layers.matmul_weight_lhs`.
     """
-    per_layer = decoder.unstack_layers(params)
-    mats = []
-    for i in range(cfg.num_layers):
-        layer = per_layer[f'layers_{i}']
-        attn, mlp = layer['attn'], layer['mlp']
-        mats.append(
-            tuple(
-                w.reshape(w.shape[0], -1) if name != 'o' else w.reshape(-1, w.shape[-1])
-                for name, w in (
-                    ('q', attn['q']['kernel']), ('k', attn['k']['kernel']),
-                    ('v', attn['v']['kernel']), ('o', attn['o']['kernel']),
-                    ('gate', mlp['gate']['kernel']), ('up', mlp['up']['kernel']),
-                    ('down', mlp['down']['kernel']),
-                )
-            )
-        )  # fmt: skip
-    head = params['embed']['embedding'].T if cfg.tie_embeddings else params['lm_head']['kernel']
+    dec = decoder.decode_layout(params)
+    names = (('attn', 'q'), ('attn', 'k'), ('attn', 'v'), ('attn', 'o'),
+             ('mlp', 'gate'), ('mlp', 'up'), ('mlp', 'down'))  # fmt: skip
+    mats = [
+        tuple(dec[f'{decoder.LAYER_PREFIX}{i}'][a][m]['kernel_t'] for a, m in names)
+        for i in range(cfg.num_layers)
+    ]  # each [N, D_in]
+    head = params['embed']['embedding'] if cfg.tie_embeddings else dec['lm_head']['kernel_t']
+    mm = layers.matmul_weight_lhs
 
     def jax_step(x, mats, head):
         for wq, wk, wv, wo, wg, wu, wd in mats:
-            h = jnp.tanh(x @ wq + x @ wk[:, :1] + x @ wv[:, :1])
-            x = x + jnp.tanh(h @ wo)
-            x = x + jnp.tanh(jnp.tanh(x @ wg) * (x @ wu)) @ wd
-        return x + 1e-9 * jnp.max(x @ head)
+            k_sum = jnp.sum(mm(wk, x), -1, keepdims=True) + jnp.sum(mm(wv, x), -1, keepdims=True)
+            h = jnp.tanh(mm(wq, x) + k_sum)
+            x = x + jnp.tanh(mm(wo, h))
+            x = x + mm(wd, jnp.tanh(mm(wg, x)) * mm(wu, x))
+        return x + 1e-9 * jnp.max(mm(head, x))
 
     @jax.jit
     def jax_chain(x, mats, head, steps):
         return jax.lax.fori_loop(0, steps, lambda _, x: jax_step(x, mats, head), x)
 
-    t_mats = [tuple(torch.from_numpy(np.array(w).T.copy()) for w in m) for m in mats]
-    t_head = torch.from_numpy(np.array(head).T.copy())
+    # torch.nn.functional.linear takes the weight as [out, in], the same arrays.
+    t_mats = [tuple(torch.from_numpy(np.array(w)) for w in m) for m in mats]
+    t_head = torch.from_numpy(np.array(head))
     linear = torch.nn.functional.linear
 
     def torch_chain(x, steps):
         with torch.no_grad():
             for _ in range(steps):
                 for wq, wk, wv, wo, wg, wu, wd in t_mats:
-                    h = torch.tanh(linear(x, wq) + linear(x, wk)[:, :1] + linear(x, wv)[:, :1])
+                    k_sum = linear(x, wk).sum(-1, keepdim=True) + linear(x, wv).sum(
+                        -1, keepdim=True
+                    )
+                    h = torch.tanh(linear(x, wq) + k_sum)
                     x = x + torch.tanh(linear(h, wo))
                     x = x + linear(torch.tanh(linear(x, wg)) * linear(x, wu), wd)
                 x = x + 1e-9 * linear(x, t_head).max()
