@@ -193,6 +193,39 @@ def test_cache_step_by_step_and_prefill_equal_full_decode(feed_forward, n):
     np.testing.assert_array_equal(cache['blocks'][1]['pos'], [[4, 5]] * (2 * n))
 
 
+@pytest.mark.parametrize('tied', [False, True])
+def test_decode_layout_matches_full_decode(tied):
+    """The decoding layout (per-layer decoder, step kernels transposed) gives the full
+    decoder's logits through the cache; cross k/v kernels stay for `init_cache`."""
+    cfg = dataclasses.replace(_cfg('gated-gelu'), tie_embeddings=tied)
+    params = _params(cfg)
+    dec_params = ed.decode_layout(params)
+    layer = dec_params['decoder']['layers_2']
+    h, dh, d = cfg.num_heads, cfg.head_dim, cfg.d_model
+    assert layer['self_attn']['k']['kernel_t'].shape == (h * dh, d)
+    assert layer['cross_attn']['o']['kernel_t'].shape == (d, h * dh)
+    assert layer['cross_attn']['v']['kernel'].shape == (d, h, dh)
+    assert layer['mlp']['wo']['kernel_t'].shape == (d, cfg.d_ff)
+    assert ('lm_head' in dec_params) == (not tied)
+    assert 'layers' in dec_params['encoder']  # the encoder stays stacked
+    again = ed.decode_layout(dec_params)
+    assert jax.tree.structure(again) == jax.tree.structure(dec_params)
+
+    encoded, mask = _encoded(cfg, params, batch=2)
+    t = 6
+    tokens = _tokens(2, (2, t))
+    want = _decode(params, cfg, tokens, encoded, mask)
+    cache = ed.init_cache(dec_params, cfg, encoded, mask, batch_size=2, block_sizes=(3, 4))
+    pos = jnp.broadcast_to(jnp.arange(t), tokens.shape)
+    got = []
+    for a, b, blocks, index in ((0, 3, 1, 0), (3, 4, 2, 0), (4, 5, 2, 1), (5, 6, 2, 2)):
+        view = phases.view(cache, blocks, index)
+        logits, view = _step(dec_params, cfg, tokens[:, a:b], pos[:, a:b], view)
+        cache = phases.merge(cache, view)
+        got.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(got, axis=1), want, atol=1e-4)
+
+
 def test_cache_ragged_prefill_then_per_row_steps():
     cfg = _cfg('relu')
     params = _params(cfg)
@@ -221,7 +254,7 @@ def test_decode_loop_updates_the_cache_in_place():
     blocks or cross-attention keys/values): the head-major cache layout and the per-layer
     in-place writes. Token-major [B, S, H, Dh] caches were copied transposed every step."""
     cfg = dataclasses.replace(_cfg('relu'), max_seq_len=256)
-    params = ed.unstack_decoder_layers(_params(cfg))
+    params = ed.decode_layout(_params(cfg))
     encoded, mask = _encoded(cfg, _params(cfg), batch=1, src_len=96, pad_from=90)
     slots = 160
     cache = ed.init_cache(params, cfg, encoded, mask, 1, slots)

@@ -272,12 +272,12 @@ class Generator:
         self.model_kind = model_kind
         self.model_cfg = model_cfg
         # Decoding runs the layers one by one: give each layer its own buffers once here
-        # (a slice of a stacked weight is a copy, every step, on XLA CPU), and the decoder
-        # its kernels transposed (`decoder.decode_layout`: the weight is the left operand).
+        # (a slice of a stacked weight is a copy, every step, on XLA CPU), and the kernels
+        # of a step transposed (`decode_layout`: the weight is the left matmul operand).
         if model_kind == 'decoder':
             self.params = decoder.decode_layout(params)
         else:
-            self.params = encoder_decoder.unstack_decoder_layers(params)
+            self.params = encoder_decoder.decode_layout(params)
         self._fused_params = None
         self.tokenizer = tokenizer
 

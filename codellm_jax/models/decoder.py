@@ -322,7 +322,9 @@ def decode_layout(params: Params, fuse_qkv: bool = False) -> Params:
     out = dict(unstack_layers(params))
     for name, layer in out.items():
         if name.startswith(LAYER_PREFIX):
-            attn = {k: _kernel_t(v, 2 if k == 'o' else 1) for k, v in layer['attn'].items()}
+            attn = {
+                k: layers.kernel_t_params(v, 2 if k == 'o' else 1) for k, v in layer['attn'].items()
+            }
             if fuse_qkv and 'qkv' not in attn:
                 parts = [attn.pop(n)['kernel_t'] for n in ('q', 'k', 'v')]
                 attn['qkv'] = {'kernel_t': jnp.concatenate(parts, axis=0)}
@@ -330,17 +332,11 @@ def decode_layout(params: Params, fuse_qkv: bool = False) -> Params:
                 raise ValueError(
                     'decode_layout cannot split a fused qkv kernel; start from params.'
                 )
-            mlp = {k: _kernel_t(v, 1) for k, v in layer['mlp'].items()}
+            mlp = {k: layers.kernel_t_params(v, 1) for k, v in layer['mlp'].items()}
             out[name] = {**layer, 'attn': attn, 'mlp': mlp}
     if 'lm_head' in out:
-        out['lm_head'] = _kernel_t(out['lm_head'], 1)
+        out['lm_head'] = layers.kernel_t_params(out['lm_head'], 1)
     return out
-
-
-def _kernel_t(module_params: Params, num_in: int) -> Params:
-    if 'kernel_t' in module_params:
-        return module_params
-    return {'kernel_t': layers.transpose_kernel(module_params['kernel'], num_in)}
 
 
 def stack_layers(params: Params) -> Params:

@@ -19,6 +19,12 @@ KV cache of `init_cache` / `decode_with_cache` (blocked, `codellm_jax.models.kv_
   'cross': {'layers': ({'k': [B, H, S, Dh], 'v': [B, H, Dh, S]}, ...), 'mask': [B, S]}}`
 (head-major, values transposed: the layout `t5_attention` reads in place),
 B' = n*B: decoder row i reads encoder row i // n. Only `cache['blocks']` is ever reordered.
+
+`decode_layout(params)` is the layout for a decoding loop (`decode_with_cache`, once per
+generator): the decoder per layer, and every kernel that a decoding step multiplies by
+stored transposed, {'kernel_t': [fan_out, fan_in]} (`codellm_jax.models.decoder`'s module
+doc says why). The cross-attention k/v kernels stay as they are: `init_cache` runs them once
+over the whole encoder output.
 """
 
 from __future__ import annotations
@@ -34,7 +40,14 @@ import numpy as np
 from codellm_jax import axes
 from codellm_jax.models import kv_cache
 from codellm_jax.models.decoder import LAYER_PREFIX, unstack_layers
-from codellm_jax.models.layers import REMAT_POLICIES, DenseGeneral, as_dtype, maybe_remat
+from codellm_jax.models.layers import (
+    REMAT_POLICIES,
+    DenseGeneral,
+    as_dtype,
+    kernel_t_params,
+    matmul_weight_lhs,
+    maybe_remat,
+)
 from codellm_jax.models.model_config import EncoderDecoderConfig
 from codellm_jax.models.t5_layers import DecoderLayer, EncoderLayer, RelativePositionBias, norm
 
@@ -164,8 +177,14 @@ class EncoderDecoder(nn.Module):
     def _embed(self, tokens):
         return nn.with_logical_constraint(self.shared(tokens), _ACT)
 
-    def _logits(self, x_BxTxD):
-        if self.cfg.tie_embeddings:
+    def _logits(self, x_BxTxD, decoding: bool = False):
+        if self.cfg.tie_embeddings and decoding:
+            # The shared embedding [V, D] is already [fan_out, fan_in]: the decoding form.
+            b, t, d = x_BxTxD.shape
+            x_NxD = (x_BxTxD * (d**-0.5)).reshape(b * t, d)
+            emb_VxD = self.shared.embedding.astype(x_NxD.dtype)
+            logits = matmul_weight_lhs(emb_VxD, x_NxD).reshape(b, t, -1)
+        elif self.cfg.tie_embeddings:
             logits = self.shared.attend(x_BxTxD * (self.cfg.d_model**-0.5))
         else:
             logits = self.lm_head(x_BxTxD)
@@ -217,7 +236,7 @@ class EncoderDecoder(nn.Module):
             positions_BxT,
             cache,
         )
-        return self._logits(x_BxTxD), new_cache
+        return self._logits(x_BxTxD, decoding=True), new_cache
 
     def __call__(self, enc_tokens, dec_tokens):
         enc_mask = enc_tokens != 0
@@ -460,6 +479,32 @@ def cache_logical_axes(cfg: EncoderDecoderConfig, num_blocks: int = 1) -> Cache:
             'mask': spec(axes.BATCH, axes.LENGTH),
         },
     }
+
+
+def decode_layout(params: Params) -> Params:
+    """Any layout -> the decoding layout (see the module doc); idempotent.
+
+    `decode_with_cache` gives the same logits with any layout (to float32 rounding); the
+    decoding one is faster in a loop. Convert once, outside it.
+    """
+    params = unstack_decoder_layers(params)
+    dec = dict(params['decoder'])
+    for name, layer in dec.items():
+        if name.startswith(LAYER_PREFIX):
+            layer = dict(layer)
+            layer['self_attn'] = {
+                k: kernel_t_params(v, 2 if k == 'o' else 1) for k, v in layer['self_attn'].items()
+            }
+            cross = layer['cross_attn']
+            layer['cross_attn'] = {
+                **cross, 'q': kernel_t_params(cross['q'], 1), 'o': kernel_t_params(cross['o'], 2)
+            }  # fmt: skip
+            layer['mlp'] = {k: kernel_t_params(v, 1) for k, v in layer['mlp'].items()}
+            dec[name] = layer
+    out = {**params, 'decoder': dec}
+    if 'lm_head' in out:
+        out['lm_head'] = kernel_t_params(out['lm_head'], 1)
+    return out
 
 
 def unstack_decoder_layers(params: Params) -> Params:

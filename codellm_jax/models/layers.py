@@ -386,6 +386,13 @@ def transpose_kernel(kernel: jax.Array, num_in: int) -> jax.Array:
     return jnp.transpose(jnp.reshape(kernel, (fan_in, -1)))
 
 
+def kernel_t_params(dense_params: dict, num_in: int) -> dict:
+    """A `DenseGeneral`'s params {'kernel': ...} -> {'kernel_t': ...}; idempotent."""
+    if 'kernel_t' in dense_params:
+        return dense_params
+    return {'kernel_t': transpose_kernel(dense_params['kernel'], num_in)}
+
+
 def matmul_weight_lhs(w_OxI: jax.Array, x_NxI: jax.Array) -> jax.Array:
     """x @ w.T as (w @ x.T).T, keeping the weight the LEFT operand: returns [N, O].
 
