@@ -89,13 +89,18 @@ def _prompts(lengths, seed=0):
     return [list(rng.integers(3, 64, size=n)) for n in lengths]
 
 
-# 64: one generation block (one loop phase); 3: three blocks (three phases, each attending
-# to the blocks filled so far).
-@pytest.mark.parametrize('cache_block', [64, 3])
-def test_decoder_cache_decoding_equals_full_forward_argmax(dec_params, cache_block):
-    prompts = _prompts([5, 1, 12, 7])
+# cache_block 64: one generation block (one loop phase); 3: three blocks (three phases, each
+# attending to the blocks filled so far). Batches of 3 rows decode with q/k/v fused, of 8
+# rows with separate q/k/v kernels (`Generator._params_for`).
+@pytest.mark.parametrize('cache_block, batch_size', [(64, 3), (3, 3), (3, 8)])
+def test_decoder_cache_decoding_equals_full_forward_argmax(dec_params, cache_block, batch_size):
+    prompts = _prompts([5, 1, 12, 7, 3, 9, 2, 6])
     gen = generate.make_generator('decoder', DEC_CFG, dec_params, None)
-    gen_cfg = generate.GenerateConfig(max_new_tokens=10, batch_size=3, cache_block=cache_block)
+    gen_cfg = generate.GenerateConfig(
+        max_new_tokens=10, batch_size=batch_size, cache_block=cache_block
+    )
+    fused = 'qkv' in gen._params_for(batch_size)['layers_0']['attn']
+    assert fused == (batch_size < 8)
     out = gen.generate(prompts, gen_cfg)
     for p, samples in zip(prompts, out, strict=True):
         assert len(samples) == 1
