@@ -218,10 +218,7 @@ class Decoder(nn.Module):
         )(x_BxTxD)
         if cfg.tie_embeddings and kv is not None:
             # E [V, D] is already [fan_out, fan_in]: the decoding form of x @ E^T.
-            b, t, d = x_BxTxD.shape
-            emb_VxD = embed.embedding.astype(dtype)
-            logits_BxTxV = layers.matmul_weight_lhs(emb_VxD, x_BxTxD.reshape(b * t, d))
-            logits_BxTxV = logits_BxTxV.reshape(b, t, cfg.vocab_size)
+            logits_BxTxV = layers.matmul_weight_lhs(embed.embedding.astype(dtype), x_BxTxD)
         elif cfg.tie_embeddings:
             logits_BxTxV = embed.attend(x_BxTxD)
         else:
@@ -322,9 +319,7 @@ def decode_layout(params: Params, fuse_qkv: bool = False) -> Params:
     out = dict(unstack_layers(params))
     for name, layer in out.items():
         if name.startswith(LAYER_PREFIX):
-            attn = {
-                k: layers.kernel_t_params(v, 2 if k == 'o' else 1) for k, v in layer['attn'].items()
-            }
+            attn = layers.kernels_t(layer['attn'])
             if fuse_qkv and 'qkv' not in attn:
                 parts = [attn.pop(n)['kernel_t'] for n in ('q', 'k', 'v')]
                 attn['qkv'] = {'kernel_t': jnp.concatenate(parts, axis=0)}
@@ -332,11 +327,8 @@ def decode_layout(params: Params, fuse_qkv: bool = False) -> Params:
                 raise ValueError(
                     'decode_layout cannot split a fused qkv kernel; start from params.'
                 )
-            mlp = {k: layers.kernel_t_params(v, 1) for k, v in layer['mlp'].items()}
-            out[name] = {**layer, 'attn': attn, 'mlp': mlp}
-    if 'lm_head' in out:
-        out['lm_head'] = layers.kernel_t_params(out['lm_head'], 1)
-    return out
+            out[name] = {**layer, 'attn': attn, 'mlp': layers.kernels_t(layer['mlp'])}
+    return layers.kernels_t(out, ('lm_head',)) if 'lm_head' in out else out
 
 
 def stack_layers(params: Params) -> Params:

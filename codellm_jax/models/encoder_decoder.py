@@ -44,7 +44,7 @@ from codellm_jax.models.layers import (
     REMAT_POLICIES,
     DenseGeneral,
     as_dtype,
-    kernel_t_params,
+    kernels_t,
     matmul_weight_lhs,
     maybe_remat,
 )
@@ -180,10 +180,8 @@ class EncoderDecoder(nn.Module):
     def _logits(self, x_BxTxD, decoding: bool = False):
         if self.cfg.tie_embeddings and decoding:
             # The shared embedding [V, D] is already [fan_out, fan_in]: the decoding form.
-            b, t, d = x_BxTxD.shape
-            x_NxD = (x_BxTxD * (d**-0.5)).reshape(b * t, d)
-            emb_VxD = self.shared.embedding.astype(x_NxD.dtype)
-            logits = matmul_weight_lhs(emb_VxD, x_NxD).reshape(b, t, -1)
+            x_BxTxD = x_BxTxD * (self.cfg.d_model**-0.5)
+            logits = matmul_weight_lhs(self.shared.embedding.astype(x_BxTxD.dtype), x_BxTxD)
         elif self.cfg.tie_embeddings:
             logits = self.shared.attend(x_BxTxD * (self.cfg.d_model**-0.5))
         else:
@@ -491,20 +489,14 @@ def decode_layout(params: Params) -> Params:
     dec = dict(params['decoder'])
     for name, layer in dec.items():
         if name.startswith(LAYER_PREFIX):
-            layer = dict(layer)
-            layer['self_attn'] = {
-                k: kernel_t_params(v, 2 if k == 'o' else 1) for k, v in layer['self_attn'].items()
+            dec[name] = {
+                **layer,
+                'self_attn': kernels_t(layer['self_attn']),
+                'cross_attn': kernels_t(layer['cross_attn'], ('q', 'o')),
+                'mlp': kernels_t(layer['mlp']),
             }
-            cross = layer['cross_attn']
-            layer['cross_attn'] = {
-                **cross, 'q': kernel_t_params(cross['q'], 1), 'o': kernel_t_params(cross['o'], 2)
-            }  # fmt: skip
-            layer['mlp'] = {k: kernel_t_params(v, 1) for k, v in layer['mlp'].items()}
-            dec[name] = layer
     out = {**params, 'decoder': dec}
-    if 'lm_head' in out:
-        out['lm_head'] = kernel_t_params(out['lm_head'], 1)
-    return out
+    return kernels_t(out, ('lm_head',)) if 'lm_head' in out else out
 
 
 def unstack_decoder_layers(params: Params) -> Params:

@@ -360,8 +360,7 @@ class DenseGeneral(nn.Module):
                     f'kernel_t of {self.name!r} has shape {kernel_OxI.shape}; expected '
                     f'[fan_out, fan_in] = {(fan_out, fan_in)}.'
                 )
-            y_NxO = matmul_weight_lhs(kernel_OxI.astype(dtype), x_NxI)
-            return y_NxO.reshape(*lead, *self.features)
+            return matmul_weight_lhs(kernel_OxI.astype(dtype), x_NxI).reshape(*lead, *self.features)
 
         def init(rng, shape, dtype):
             flat = self.kernel_init(rng, (fan_in, fan_out), dtype)
@@ -386,15 +385,23 @@ def transpose_kernel(kernel: jax.Array, num_in: int) -> jax.Array:
     return jnp.transpose(jnp.reshape(kernel, (fan_in, -1)))
 
 
-def kernel_t_params(dense_params: dict, num_in: int) -> dict:
-    """A `DenseGeneral`'s params {'kernel': ...} -> {'kernel_t': ...}; idempotent."""
-    if 'kernel_t' in dense_params:
-        return dense_params
-    return {'kernel_t': transpose_kernel(dense_params['kernel'], num_in)}
+def kernels_t(dense_by_name: dict, names: Sequence[str] | None = None) -> dict:
+    """`DenseGeneral` params by name ({'kernel': ...}) -> {'kernel_t': ...}; idempotent.
+
+    Converts the entries in `names` (default: all) and keeps the others. An attention
+    output projection 'o' ([H, Dh, D]) contracts two input axes, every other kernel one.
+    """
+    out = dict(dense_by_name)
+    for name in dense_by_name if names is None else names:
+        params = dense_by_name[name]
+        if 'kernel_t' not in params:
+            out[name] = {'kernel_t': transpose_kernel(params['kernel'], 2 if name == 'o' else 1)}
+    return out
 
 
 def matmul_weight_lhs(w_OxI: jax.Array, x_NxI: jax.Array) -> jax.Array:
-    """x @ w.T as (w @ x.T).T, keeping the weight the LEFT operand: returns [N, O].
+    """x @ w.T as (w @ x.T).T, keeping the weight the LEFT operand: returns [..., O] for
+    x [..., I] (leading axes are flattened into N for the matmul).
 
     For the few rows of a decoding step (N = batch or beams) XLA CPU's GEMM streams a
     weight much faster as the left operand [O, I] than as the right one [I, O] (packed
@@ -404,7 +411,9 @@ def matmul_weight_lhs(w_OxI: jax.Array, x_NxI: jax.Array) -> jax.Array:
     simplifier from folding the two transposes back into x @ w.T, its slow form.
     """
     barrier = jax.lax.optimization_barrier
-    return barrier(w_OxI @ barrier(x_NxI.T)).T
+    lead = x_NxI.shape[:-1]
+    x_NxI = x_NxI.reshape(-1, x_NxI.shape[-1])
+    return barrier(w_OxI @ barrier(x_NxI.T)).T.reshape(*lead, w_OxI.shape[0])
 
 
 class SwiGLU(nn.Module):
