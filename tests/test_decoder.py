@@ -2,6 +2,7 @@
 gradients, packed-segment isolation, scan == unrolled, remat == plain, layer references."""
 
 import dataclasses
+import functools
 import importlib.util
 import math
 import pathlib
@@ -397,16 +398,8 @@ def test_decode_loop_updates_the_cache_in_place(fuse_qkv):
     params = decoder.decode_layout(_params(cfg), fuse_qkv=fuse_qkv)
     slots = 160
     cache = decoder.init_cache(cfg, 1, slots)
-
-    def loop(params, cache):
-        def body(i, carry):
-            tok, cache = carry
-            logits, cache = decoder.forward_with_cache(params, cfg, tok, i[None, None], cache)
-            return jnp.argmax(logits, -1).astype(jnp.int32), cache
-
-        return jax.lax.fori_loop(0, 8, body, (jnp.ones((1, 1), jnp.int32), cache))
-
-    hlo = jax.jit(loop, donate_argnums=1).lower(params, cache).compile().as_text()
+    step = functools.partial(decoder.forward_with_cache, cfg=cfg)
+    hlo = hlo_checks.greedy_loop_hlo(step, params, cache)
     cache_elems = cfg.num_kv_heads * cfg.head_dim * slots
     hlo_checks.assert_loop_bodies_copy_less_than(hlo, cache_elems)
     # Nor a weight: the decoding layout is consumed as stored.

@@ -44,6 +44,20 @@ _forward = jax.jit(ed.forward, static_argnums=1)
 _step = jax.jit(ed.decode_with_cache, static_argnums=1)
 
 
+def _decode_in_phases(params, cfg, tokens_BxT, cache, calls):
+    """(logits [B, T, V], cache): `tokens` fed through `cache` at positions 0..T-1, one call
+    per (lo, hi, blocks, index) of `calls`: tokens [lo, hi) with a view of the first
+    `blocks` blocks writing at `index` of the last one, as a decoding loop phase does."""
+    pos = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
+    got = []
+    for lo, hi, blocks, index in calls:
+        view = phases.view(cache, blocks, index)
+        logits, view = _step(params, cfg, tokens_BxT[:, lo:hi], pos[:, lo:hi], view)
+        cache = phases.merge(cache, view)
+        got.append(logits)
+    return jnp.concatenate(got, axis=1), cache
+
+
 @functools.cache
 def _params(cfg):
     return jax.jit(ed.init_params, static_argnums=0)(cfg, jax.random.key(0))
@@ -182,14 +196,9 @@ def test_cache_step_by_step_and_prefill_equal_full_decode(feed_forward, n):
     # Multi-token prefill of 4 into block 0, then 1-token steps through blocks 1 and 2,
     # each call seeing the filled blocks only.
     cache = ed.init_cache(params, cfg, encoded, mask, batch_size=2 * n, block_sizes=(4, 2, 1))
-    pos = jnp.broadcast_to(jnp.arange(t), dec.shape)
-    got = []
-    for a, b, blocks, index in ((0, 4, 1, 0), (4, 5, 2, 0), (5, 6, 2, 1), (6, 7, 3, 0)):
-        view = phases.view(cache, blocks, index)
-        logits, view = _step(params, cfg, dec[:, a:b], pos[:, a:b], view)
-        cache = phases.merge(cache, view)
-        got.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(got, axis=1), want, atol=1e-4)
+    calls = ((0, 4, 1, 0), (4, 5, 2, 0), (5, 6, 2, 1), (6, 7, 3, 0))
+    got, cache = _decode_in_phases(params, cfg, dec, cache, calls)
+    np.testing.assert_allclose(got, want, atol=1e-4)
     np.testing.assert_array_equal(cache['blocks'][1]['pos'], [[4, 5]] * (2 * n))
 
 
@@ -216,14 +225,9 @@ def test_decode_layout_matches_full_decode(tied):
     tokens = _tokens(2, (2, t))
     want = _decode(params, cfg, tokens, encoded, mask)
     cache = ed.init_cache(dec_params, cfg, encoded, mask, batch_size=2, block_sizes=(3, 4))
-    pos = jnp.broadcast_to(jnp.arange(t), tokens.shape)
-    got = []
-    for a, b, blocks, index in ((0, 3, 1, 0), (3, 4, 2, 0), (4, 5, 2, 1), (5, 6, 2, 2)):
-        view = phases.view(cache, blocks, index)
-        logits, view = _step(dec_params, cfg, tokens[:, a:b], pos[:, a:b], view)
-        cache = phases.merge(cache, view)
-        got.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(got, axis=1), want, atol=1e-4)
+    calls = ((0, 3, 1, 0), (3, 4, 2, 0), (4, 5, 2, 1), (5, 6, 2, 2))
+    got, _ = _decode_in_phases(dec_params, cfg, tokens, cache, calls)
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_cache_ragged_prefill_then_per_row_steps():
@@ -258,16 +262,8 @@ def test_decode_loop_updates_the_cache_in_place():
     encoded, mask = _encoded(cfg, _params(cfg), batch=1, src_len=96, pad_from=90)
     slots = 160
     cache = ed.init_cache(params, cfg, encoded, mask, 1, slots)
-
-    def loop(params, cache):
-        def body(i, carry):
-            tok, cache = carry
-            logits, cache = ed.decode_with_cache(params, cfg, tok, i[None, None], cache)
-            return jnp.argmax(logits, -1).astype(jnp.int32), cache
-
-        return jax.lax.fori_loop(0, 8, body, (jnp.ones((1, 1), jnp.int32), cache))
-
-    hlo = jax.jit(loop, donate_argnums=1).lower(params, cache).compile().as_text()
+    step = functools.partial(ed.decode_with_cache, cfg=cfg)
+    hlo = hlo_checks.greedy_loop_hlo(step, params, cache)
     smallest = cfg.num_heads * cfg.head_dim * 96  # the cross keys of one row
     hlo_checks.assert_loop_bodies_copy_less_than(hlo, smallest)
 
