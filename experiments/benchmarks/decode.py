@@ -2,11 +2,12 @@ r"""Decoding speed: our jitted JAX decoding vs Hugging Face `generate()` in PyTo
 
   PYTHONPATH=. .venv/bin/python experiments/benchmarks/decode.py          # full run (minutes)
   PYTHONPATH=. .venv/bin/python experiments/benchmarks/decode.py --quick  # smoke run
+  python3 -m experiments.benchmarks.decode --device=gpu --repeats=1       # both on the GPU
 
 The same random weights (our init, loaded into HF by `codellm_jax.interop.hf_torch`) run
-in both, in float32, on CPU, with the same number of threads, in one process. Model: Llama
-with d_model 512, 8 layers, 8 heads (8 kv heads), SwiGLU 1408, vocab 8192; prompts of 64
-tokens; 256 new tokens (eos disabled, so every run generates all of them).
+in both, in float32, on CPU (or see `--device`), with the same number of threads, in one
+process. Model: Llama with d_model 512, 8 layers, 8 heads (8 kv heads), SwiGLU 1408, vocab
+8192; prompts of 64 tokens; 256 new tokens (eos disabled, so every run generates all of them).
 
 Prints ONE JSON line: `<case>_speedup_vs_hf` = our tokens/s / HF tokens/s for greedy (batch
 1 and 8), beam search (4 beams, batch 1) and top-p sampling (p=0.9, batch 8);
@@ -18,6 +19,15 @@ framework; `greedy_b*_floor_over_step_jax` = that floor / our ms per step (<= 1)
 `greedy_b*_speedup_bound_vs_hf` = HF's ms per step / our floor, the best ratio XLA's matmuls
 allow on this machine.
 Times are the best of `--repeats` runs after a warm-up (which compiles ours).
+
+`--device` (see `train_step.select_devices`): 'auto' (default) runs HF on CUDA when JAX's
+default backend is the GPU and torch sees CUDA, else on CPU; `jax_device` / `torch_device`
+and each framework's f32 matmul precision are in the JSON line (on GPU JAX's default lets XLA
+use TF32, torch's does not: JAX_DEFAULT_MATMUL_PRECISION=highest compares f32 with f32). On
+a GPU the floors are still measured but are no CPU matvec floors: streaming the weights
+takes a few tens of microseconds there, so the chains mostly time kernel launches (torch's
+from Python) and `greedy_b*_speedup_bound_vs_hf` says little; `threads` stays torch's CPU
+thread count.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from codellm_jax import generate
 from codellm_jax.interop import hf_torch
 from codellm_jax.models import decoder, layers
 from codellm_jax.models.model_config import DecoderConfig
+from experiments.benchmarks import train_step
 
 
 def _model_config(quick: bool) -> DecoderConfig:
@@ -51,11 +62,14 @@ def _model_config(quick: bool) -> DecoderConfig:
     )  # fmt: skip
 
 
-def _best_of(fn, repeats: int) -> tuple[float, object]:
+def _best_of(fn, repeats: int, sync=lambda: None) -> tuple[float, object]:
+    """Best wall seconds of `fn()` (and its output); `sync()` waits for work `fn` queued
+    on a device before the clock is read (ours needs none: `generate` returns host values)."""
     out, best = None, float('inf')
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best, out
 
@@ -68,7 +82,7 @@ def _ours(gen, prompts, n_new, repeats, **kw):
 
 
 def _hf(model, prompts, n_new, repeats, **kw):
-    ids = torch.as_tensor(prompts, dtype=torch.long)
+    ids = torch.as_tensor(prompts, dtype=torch.long, device=model.device)
     kw = dict(max_new_tokens=n_new, min_new_tokens=n_new, eos_token_id=None, pad_token_id=0, **kw)
 
     def run():
@@ -77,11 +91,11 @@ def _hf(model, prompts, n_new, repeats, **kw):
 
     model.generate(ids[:, :8], attention_mask=torch.ones_like(ids[:, :8]), max_new_tokens=2,
                    pad_token_id=0, eos_token_id=None)  # fmt: skip
-    seconds, out = _best_of(run, repeats)
+    seconds, out = _best_of(run, repeats, train_step.torch_sync(model.device.type))
     return len(prompts) * n_new / seconds, out
 
 
-def _matvec_chains(cfg: DecoderConfig, params, rows: int):
+def _matvec_chains(cfg: DecoderConfig, params, rows: int, torch_device: str = 'cpu'):
     """One decoding step's weight matmuls alone, in each framework: (jax fn, torch fn).
 
     Per layer: q, k, v from one input, o, gate and up from one input, down; then the output
@@ -115,8 +129,9 @@ def _matvec_chains(cfg: DecoderConfig, params, rows: int):
         return jax.lax.fori_loop(0, steps, lambda _, x: jax_step(x, mats, head), x)
 
     # torch.nn.functional.linear takes the weight as [out, in], the same arrays.
-    t_mats = [tuple(torch.from_numpy(np.array(w)) for w in m) for m in mats]
-    t_head = torch.from_numpy(np.array(head))
+    t_mats = [tuple(torch.from_numpy(np.array(w)).to(torch_device) for w in m) for m in mats]
+    t_head = torch.from_numpy(np.array(head)).to(torch_device)
+    sync = train_step.torch_sync(torch_device)
     linear = torch.nn.functional.linear
 
     def torch_chain(x, steps):
@@ -139,7 +154,9 @@ def _matvec_chains(cfg: DecoderConfig, params, rows: int):
         return jax.block_until_ready(jax_chain(x0, mats_j, head, steps))
 
     def run_torch(steps):
-        return torch_chain(torch.zeros(rows, cfg.d_model), steps)
+        out = torch_chain(torch.zeros(rows, cfg.d_model, device=torch_device), steps)
+        sync()
+        return out
 
     return run_jax, run_torch
 
@@ -155,12 +172,19 @@ def main() -> None:
     parser.add_argument('--quick', action='store_true', help='tiny sizes, for a smoke run')
     parser.add_argument('--repeats', type=int, default=2)
     parser.add_argument('--threads', type=int, default=os.cpu_count())
+    parser.add_argument(
+        '--device', choices=('auto', 'cpu', 'gpu'), default='auto',
+        help="auto: HF on cuda iff JAX's default backend is gpu and torch sees CUDA; "
+        'cpu / gpu: both frameworks there',
+    )  # fmt: skip
     args = parser.parse_args()
+    train_step.pin_jax_platform(args.device)  # before JAX's first backend use
+    jax_device, torch_device = train_step.select_devices(args.device)
     torch.set_num_threads(args.threads)
     n_new = 16 if args.quick else 256
     cfg = _model_config(args.quick)
     params = jax.jit(decoder.init_params, static_argnums=0)(cfg, jax.random.key(0))
-    model = hf_torch.llama_for_causal_lm(cfg, params)
+    model = hf_torch.llama_for_causal_lm(cfg, params).to(torch_device)
     gen = generate.make_generator('decoder', cfg, params, None)
     rng = np.random.default_rng(0)
     prompts8 = rng.integers(1, cfg.vocab_size, size=(8, 64)).tolist()
@@ -191,7 +215,7 @@ def main() -> None:
             res['greedy_tokens_match'] = ours_out[0][0].tokens == hf_out[0, 64:].tolist()
     # The weight-streaming floor of a step (see `_matvec_chains`), per framework.
     for rows, name in ((1, 'greedy_b1'), (8, 'greedy_b8')):
-        run_jax, run_torch = _matvec_chains(cfg, params, rows)
+        run_jax, run_torch = _matvec_chains(cfg, params, rows, torch_device)
         floor_jax = _floor_ms(run_jax, 32, args.repeats)
         floor_torch = _floor_ms(run_torch, 32, args.repeats)
         ours_ms = 1000.0 * rows / res[f'{name}_tokens_per_s_jax']
@@ -214,6 +238,9 @@ def main() -> None:
     res.update(
         threads=args.threads,
         device=jax.devices()[0].device_kind,
+        jax_device=jax_device,
+        torch_device=torch_device,
+        **train_step.matmul_precisions(),
         new_tokens=n_new,
         prompt_tokens=64,
         quick=args.quick,

@@ -1,8 +1,9 @@
-r"""Training-step speed on CPU: our jitted train step vs HF PyTorch Llama + AdamW.
+r"""Training-step speed: our jitted train step vs HF PyTorch Llama + AdamW (CPU, or GPU).
 
   .venv/bin/python -m experiments.benchmarks.train_step            # full run (minutes)
   .venv/bin/python -m experiments.benchmarks.train_step --quick    # smoke run (seconds)
   .venv/bin/python -m experiments.benchmarks.train_step --scan     # layers scanned in the run
+  python3 -m experiments.benchmarks.train_step --device=gpu        # both frameworks on the GPU
 
 Ours is the project's real code path: `decoder.forward` under `steps.train_step` (loss sums,
 grad, global-norm clip, `optim.make_optimizer` AdamW, the non-finite guard), jitted once by
@@ -24,7 +25,15 @@ Prints ONE JSON line. Key fields:
   *_mfu_cpu_time: the same per process-CPU second (robust to other load on the machine);
   compile_s_8_layers / compile_s_32_layers: `jit(train_step).lower(...).compile()` seconds
     with `scan_layers=True` at 8 and 32 layers;
-  loss_rel_diff: |first loss ours - theirs| / theirs (a same-model check; ~1e-6).
+  loss_rel_diff: |first loss ours - theirs| / theirs (a same-model check; ~1e-6);
+  jax_device / torch_device: where each framework ran ('cpu' / 'gpu', 'cpu' / 'cuda'; see
+    `select_devices`), with the f32 matmul precision each used (on GPU, JAX's default lets
+    XLA use TF32 while torch's 'highest' does not: set JAX_DEFAULT_MATMUL_PRECISION=highest
+    for an f32-to-f32 comparison).
+
+On a GPU the CPU-time keys compare nothing (process CPU seconds are the host's waiting), so
+`matmul_flops_per_cpu_s`, `speedup_vs_torch_cpu_time` and `*_mfu_cpu_time` are null unless
+both frameworks ran on CPU; `threads` is still torch's CPU thread count.
 
 XLA flags chosen here (`DEFAULT_XLA_FLAGS`) are set by `main()` in this process only, before
 the CPU backend starts; `--xla_flags` overrides them.
@@ -59,6 +68,7 @@ class BenchConfig:
     matmul_size, matmul_repeats: the FLOP/s probe (an n x n @ n x n f32 matmul).
     compile_layers: layer counts whose scanned train step compile time is reported.
     threads: CPU threads for torch (XLA uses every core of the process affinity).
+    device: 'auto', 'cpu' or 'gpu' (see `select_devices`).
     """
 
     model: Any
@@ -70,6 +80,55 @@ class BenchConfig:
     matmul_repeats: int = 5
     compile_layers: tuple[int, ...] = (8, 32)
     threads: int = 1
+    device: str = 'auto'
+
+
+def pin_jax_platform(device: str) -> None:
+    """For `--device=cpu`, keeps JAX on CPU even where a GPU backend exists. Must run before
+    JAX's first backend use (as `main()` does); a no-op for 'auto' and 'gpu'."""
+    import jax
+
+    if device == 'cpu':
+        jax.config.update('jax_platforms', 'cpu')
+
+
+def select_devices(device: str = 'auto') -> tuple[str, str]:
+    """(JAX backend, torch device) for `device`, checked against what this process has.
+
+    'auto': torch on 'cuda' iff JAX's default backend is 'gpu' and torch sees CUDA, else on
+    'cpu' (JAX stays on its default backend either way); 'cpu' / 'gpu': both frameworks
+    there, or ValueError naming what is missing.
+    """
+    import jax
+    import torch
+
+    backend, cuda = jax.default_backend(), torch.cuda.is_available()
+    if device == 'auto':
+        return backend, 'cuda' if backend == 'gpu' and cuda else 'cpu'
+    want_backend, torch_device = {'cpu': ('cpu', 'cpu'), 'gpu': ('gpu', 'cuda')}[device]
+    if backend != want_backend or (torch_device == 'cuda' and not cuda):
+        raise ValueError(
+            f'--device={device}: JAX default backend is {backend!r}, torch CUDA available: {cuda}'
+        )
+    return backend, torch_device
+
+
+def torch_sync(torch_device: str):
+    """A callable that waits for torch's queued work on `torch_device` (CUDA runs async)."""
+    import torch
+
+    return torch.cuda.synchronize if torch_device == 'cuda' else lambda: None
+
+
+def matmul_precisions() -> dict[str, str | None]:
+    """The f32 matmul precision each framework is set to (None for JAX = its default)."""
+    import jax
+    import torch
+
+    return {
+        'jax_matmul_precision': jax.config.jax_default_matmul_precision,
+        'torch_matmul_precision': torch.get_float32_matmul_precision(),
+    }
 
 
 def bench_config(
@@ -111,7 +170,7 @@ def model_flops_per_token(cfg, seq_len: int) -> tuple[float, str]:
     return float(6 * n + attn), convention
 
 
-def matmul_flops_per_s(n: int, repeats: int) -> tuple[float, float]:
+def matmul_flops_per_s(n: int, repeats: int) -> tuple[float, float | None]:
     """Best f32 FLOP/s of a jitted [n, n] @ [n, n] over `repeats` runs, per wall second and
     per process-CPU second (the latter is what other load on the machine inflates least)."""
     import jax
@@ -122,7 +181,8 @@ def matmul_flops_per_s(n: int, repeats: int) -> tuple[float, float]:
     matmul = jax.jit(jnp.dot)
     matmul(a_NxN, b_NxN).block_until_ready()
     walls, cpus = _timed(lambda: matmul(a_NxN, b_NxN).block_until_ready(), repeats)
-    return 2.0 * n**3 / min(walls), 2.0 * n**3 / min(cpus)
+    # A device matmul may cost the host no measurable CPU time: no per-CPU-second rate then.
+    return 2.0 * n**3 / min(walls), (2.0 * n**3 / min(cpus) if min(cpus) > 0 else None)
 
 
 def make_batch(cfg, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, Any]:
@@ -196,13 +256,15 @@ def _timed_compile(jitted, *args) -> tuple[float, Any]:
     return time.perf_counter() - t0, compiled
 
 
-def _torch_runner(cfg, params, batch):
-    """A closure doing one torch AdamW step (same hyper-parameters and decay mask as ours)."""
+def _torch_runner(cfg, params, batch, device: str = 'cpu'):
+    """A closure doing one torch AdamW step (same hyper-parameters and decay mask as ours) on
+    `device`; it returns after the step's work is done (on CUDA too)."""
     import torch
 
     from codellm_jax.interop import hf_torch
 
-    model = hf_torch.llama_for_causal_lm(cfg, params).train()
+    model = hf_torch.llama_for_causal_lm(cfg, params).to(device).train()
+    sync = torch_sync(device)
     opt_cfg = _optimizer_config()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and 'embed_tokens' not in n]
     no_decay = [
@@ -218,9 +280,9 @@ def _torch_runner(cfg, params, batch):
         eps=opt_cfg.eps,
         foreach=True,
     )
-    inputs = torch.as_tensor(batch['input_tokens'], dtype=torch.long)
-    targets = torch.as_tensor(batch['target_tokens'], dtype=torch.long)
-    positions = torch.as_tensor(batch['positions'], dtype=torch.long)
+    inputs = torch.as_tensor(batch['input_tokens'], dtype=torch.long, device=device)
+    targets = torch.as_tensor(batch['target_tokens'], dtype=torch.long, device=device)
+    positions = torch.as_tensor(batch['positions'], dtype=torch.long, device=device)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
@@ -231,6 +293,7 @@ def _torch_runner(cfg, params, batch):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg.grad_clip_norm)
         opt.step()
+        sync()
         return float(loss.detach())
 
     return step
@@ -267,6 +330,8 @@ def run(bc: BenchConfig) -> dict[str, Any]:
     from codellm_jax.models import decoder
 
     torch.set_num_threads(bc.threads)
+    jax_device, torch_device = select_devices(bc.device)
+    both_on_cpu = jax_device == 'cpu' and torch_device == 'cpu'
     cfg = bc.model
     res: dict[str, Any] = {
         'model': dataclasses.asdict(cfg),
@@ -278,17 +343,23 @@ def run(bc: BenchConfig) -> dict[str, Any]:
         'jax_devices': len(jax.devices()),
         'xla_flags': os.environ.get('XLA_FLAGS', ''),
         'dtype': 'float32',
+        'jax_device': jax_device,
+        'jax_device_kind': jax.devices()[0].device_kind,
+        'torch_device': torch_device,
+        **matmul_precisions(),
     }
     res['matmul_flops_per_s'], res['matmul_flops_per_cpu_s'] = matmul_flops_per_s(
         bc.matmul_size, bc.matmul_repeats
     )
+    if jax_device != 'cpu':  # CPU seconds of a device matmul: the host waiting, not FLOP/s
+        res['matmul_flops_per_cpu_s'] = None
     per_token, convention = model_flops_per_token(cfg, bc.seq_len)
     res['model_flops_per_step'] = per_token * res['tokens_per_step']
     res['flop_convention'] = convention
 
     batch = make_batch(cfg, bc.batch_size, bc.seq_len)
     params = jax.jit(decoder.init_params, static_argnums=0)(cfg, jax.random.key(0))
-    torch_step = _torch_runner(cfg, params, batch)  # copies the weights before donation
+    torch_step = _torch_runner(cfg, params, batch, torch_device)  # copied before donation
     jitted, tx, replicated = jit_step(cfg)
     state = jax.jit(ts.create, static_argnums=1, out_shardings=replicated)(params, tx)
     del params
@@ -313,7 +384,8 @@ def run(bc: BenchConfig) -> dict[str, Any]:
     res['loss_rel_diff'] = abs(jax_loss - torch_loss) / abs(torch_loss)
 
     def jax_blocking():
-        jax.block_until_ready(jax_step())
+        # The state too: on GPU the step runs async, and only its outputs say it is done.
+        jax.block_until_ready((jax_step(), holder['state']))
 
     times = {'jax': ([], []), 'torch': ([], [])}
     for _ in range(bc.rounds):
@@ -328,7 +400,10 @@ def run(bc: BenchConfig) -> dict[str, Any]:
     for name, (walls, cpus) in times.items():
         res.update(_summary(name, walls, cpus))
     res['speedup_vs_torch'] = res['torch_step_s'] / res['jax_step_s']
-    res['speedup_vs_torch_cpu_time'] = res['torch_step_cpu_s'] / res['jax_step_cpu_s']
+    # Off CPU, process CPU seconds are the host waiting on the device: no throughput ratio.
+    res['speedup_vs_torch_cpu_time'] = (
+        res['torch_step_cpu_s'] / res['jax_step_cpu_s'] if both_on_cpu else None
+    )
     res['speedup_vs_torch_best'] = res['torch_step_s_best'] / res['jax_step_s_best']
     res['jax_tokens_per_s'] = res['tokens_per_step'] / res['jax_step_s']
     res['torch_tokens_per_s'] = res['tokens_per_step'] / res['torch_step_s']
@@ -336,8 +411,11 @@ def run(bc: BenchConfig) -> dict[str, Any]:
         achieved = res['model_flops_per_step'] / res[f'{name}_step_s']
         res[f'{name}_model_flops_per_s'] = achieved
         res[f'{name}_mfu'] = achieved / res['matmul_flops_per_s']
-        per_cpu_s = res['model_flops_per_step'] / res[f'{name}_step_cpu_s']
-        res[f'{name}_mfu_cpu_time'] = per_cpu_s / res['matmul_flops_per_cpu_s']
+        if both_on_cpu:
+            per_cpu_s = res['model_flops_per_step'] / res[f'{name}_step_cpu_s']
+            res[f'{name}_mfu_cpu_time'] = per_cpu_s / res['matmul_flops_per_cpu_s']
+        else:
+            res[f'{name}_mfu_cpu_time'] = None
     # The issue's contract keys (the jax_/torch_ names above are the detailed ones).
     res['tokens_per_s'] = res['jax_tokens_per_s']
     res['mfu'] = res['jax_mfu']
@@ -366,12 +444,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--rounds', type=int, default=None)
     parser.add_argument('--steps-per-round', type=int, default=None)
     parser.add_argument('--xla_flags', default=None, help=f'default: {DEFAULT_XLA_FLAGS!r}')
+    parser.add_argument(
+        '--device', choices=('auto', 'cpu', 'gpu'), default='auto',
+        help="auto: torch on cuda iff JAX's default backend is gpu and torch sees CUDA; "
+        'cpu / gpu: both frameworks there',
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    pin_jax_platform(args.device)
     flags = DEFAULT_XLA_FLAGS if args.xla_flags is None else args.xla_flags
     # Read by XLA when the CPU backend starts (first use), so this stays in this process.
     os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {flags}'.strip()
     bc = bench_config(args.quick, args.scan, args.threads)
-    overrides = {'rounds': args.rounds, 'steps_per_round': args.steps_per_round}
+    overrides = {
+        'rounds': args.rounds,
+        'steps_per_round': args.steps_per_round,
+        'device': args.device,
+    }
     bc = dataclasses.replace(bc, **{k: v for k, v in overrides.items() if v is not None})
     res = run(bc)
     print(json.dumps(res, sort_keys=True))
