@@ -47,6 +47,11 @@ _MIN_BUCKET = 16
 _FUSE_QKV_BELOW = 8
 
 
+def fuses_qkv(rows: int) -> bool:
+    """Whether a decoder-only loop of `rows` rows runs with q/k/v fused into one matmul."""
+    return rows < _FUSE_QKV_BELOW
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerateConfig:
     """How to generate.
@@ -290,7 +295,7 @@ class Generator:
         layout shares every other leaf with `self.params`, so it costs one more copy of the
         q/k/v kernels (~12% of a Llama-3-8B layer's weights) while the generator lives.
         """
-        if self.model_kind != 'decoder' or rows >= _FUSE_QKV_BELOW:
+        if self.model_kind != 'decoder' or not fuses_qkv(rows):
             return self.params
         if self._fused_params is None:
             self._fused_params = decoder.decode_layout(self.params, fuse_qkv=True)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from codellm_jax import generate
+from codellm_jax.generate import generator
 from codellm_jax.interop import hf_torch
 from codellm_jax.models import decoder, layers
 from codellm_jax.models.model_config import DecoderConfig
@@ -95,6 +96,10 @@ def _hf(model, prompts, n_new, repeats, **kw):
     return len(prompts) * n_new / seconds, out
 
 
+_SEPARATE = (('attn', 'q'), ('attn', 'k'), ('attn', 'v'), ('attn', 'o'),
+             ('mlp', 'gate'), ('mlp', 'up'), ('mlp', 'down'))  # fmt: skip
+
+
 def _matvec_chains(cfg: DecoderConfig, params, rows: int, torch_device: str = 'cpu'):
     """One decoding step's weight matmuls alone, in each framework: (jax fn, torch fn).
 
@@ -104,22 +109,35 @@ def _matvec_chains(cfg: DecoderConfig, params, rows: int, torch_device: str = 'c
     slice the weight instead). No attention, norms or sampling: this is the floor set by
     each framework's [rows, D] @ [D, N] kernels streaming the weights, which a decoding
     step cannot beat. JAX runs the matmuls as our decoding step does: the decoding layout
-    (`decoder.decode_layout`, kernels [N, D]) through `layers.matmul_weight_lhs`.
+    (`decoder.decode_layout`, kernels [N, D]) through `layers.matmul_weight_lhs`, with q, k
+    and v as one matmul where the generator fuses them (`generator.fuses_qkv(rows)`); torch
+    runs HF's three.
     """
-    dec = decoder.decode_layout(params)
-    names = (('attn', 'q'), ('attn', 'k'), ('attn', 'v'), ('attn', 'o'),
-             ('mlp', 'gate'), ('mlp', 'up'), ('mlp', 'down'))  # fmt: skip
+    fuse = generator.fuses_qkv(rows)
+    dec = decoder.decode_layout(params, fuse_qkv=fuse)
+    names = ((('attn', 'qkv'),) + _SEPARATE[3:]) if fuse else _SEPARATE
+    q_rows = cfg.num_heads * cfg.head_dim
     mats = [
         tuple(dec[f'{decoder.LAYER_PREFIX}{i}'][a][m]['kernel_t'] for a, m in names)
         for i in range(cfg.num_layers)
-    ]  # each [N, D_in]
+    ]  # each [N, D_in]; fused: (qkv, o, gate, up, down)
     head = params['embed']['embedding'] if cfg.tie_embeddings else dec['lm_head']['kernel_t']
     mm = layers.matmul_weight_lhs
 
+    def attn_in(x, qkv_mats):
+        """The query, plus the sums of k and v (every weight streamed whole)."""
+        if fuse:
+            out = mm(qkv_mats[0], x)
+            q, kv = out[..., :q_rows], out[..., q_rows:]
+            return q + jnp.sum(kv, -1, keepdims=True)
+        wq, wk, wv = qkv_mats
+        k_sum = jnp.sum(mm(wk, x), -1, keepdims=True) + jnp.sum(mm(wv, x), -1, keepdims=True)
+        return mm(wq, x) + k_sum
+
     def jax_step(x, mats, head):
-        for wq, wk, wv, wo, wg, wu, wd in mats:
-            k_sum = jnp.sum(mm(wk, x), -1, keepdims=True) + jnp.sum(mm(wv, x), -1, keepdims=True)
-            h = jnp.tanh(mm(wq, x) + k_sum)
+        for layer in mats:
+            *qkv_mats, wo, wg, wu, wd = layer
+            h = jnp.tanh(attn_in(x, qkv_mats))
             x = x + jnp.tanh(mm(wo, h))
             x = x + mm(wd, jnp.tanh(mm(wg, x)) * mm(wu, x))
         return x + 1e-9 * jnp.max(mm(head, x))
@@ -128,8 +146,17 @@ def _matvec_chains(cfg: DecoderConfig, params, rows: int, torch_device: str = 'c
     def jax_chain(x, mats, head, steps):
         return jax.lax.fori_loop(0, steps, lambda _, x: jax_step(x, mats, head), x)
 
-    # torch.nn.functional.linear takes the weight as [out, in], the same arrays.
-    t_mats = [tuple(torch.from_numpy(np.array(w)).to(torch_device) for w in m) for m in mats]
+    # torch.nn.functional.linear takes the weight as [out, in], the same arrays (q, k, v apart).
+    sep = fuse and decoder.decode_layout(params)
+    t_mats = [
+        tuple(
+            torch.from_numpy(
+                np.array((sep or dec)[f'{decoder.LAYER_PREFIX}{i}'][a][m]['kernel_t'])
+            ).to(torch_device)
+            for a, m in _SEPARATE
+        )
+        for i in range(cfg.num_layers)
+    ]
     t_head = torch.from_numpy(np.array(head)).to(torch_device)
     sync = train_step.torch_sync(torch_device)
     linear = torch.nn.functional.linear
