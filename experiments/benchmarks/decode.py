@@ -20,7 +20,7 @@ framework; `greedy_b*_floor_over_step_jax` = that floor / our ms per step (<= 1)
 allow on this machine.
 Times are the best of `--repeats` runs after a warm-up (which compiles ours).
 
-`--device` (see `train_step.select_devices`): 'auto' (default) runs HF on CUDA when JAX's
+`--device` (see `devices.select_devices`): 'auto' (default) runs HF on CUDA when JAX's
 default backend is the GPU and torch sees CUDA, else on CPU; `jax_device` / `torch_device`
 and each framework's f32 matmul precision are in the JSON line (on GPU JAX's default lets XLA
 use TF32, torch's does not: JAX_DEFAULT_MATMUL_PRECISION=highest compares f32 with f32). On
@@ -48,7 +48,7 @@ from codellm_jax.generate import generator
 from codellm_jax.interop import hf_torch
 from codellm_jax.models import decoder, layers
 from codellm_jax.models.model_config import DecoderConfig
-from experiments.benchmarks import train_step
+from experiments.benchmarks import devices
 
 
 def _model_config(quick: bool) -> DecoderConfig:
@@ -92,7 +92,7 @@ def _hf(model, prompts, n_new, repeats, **kw):
 
     model.generate(ids[:, :8], attention_mask=torch.ones_like(ids[:, :8]), max_new_tokens=2,
                    pad_token_id=0, eos_token_id=None)  # fmt: skip
-    seconds, out = _best_of(run, repeats, train_step.torch_sync(model.device.type))
+    seconds, out = _best_of(run, repeats, devices.torch_sync(model.device.type))
     return len(prompts) * n_new / seconds, out
 
 
@@ -158,7 +158,7 @@ def _matvec_chains(cfg: DecoderConfig, params, rows: int, torch_device: str = 'c
         for i in range(cfg.num_layers)
     ]
     t_head = torch.from_numpy(np.array(head)).to(torch_device)
-    sync = train_step.torch_sync(torch_device)
+    sync = devices.torch_sync(torch_device)
     linear = torch.nn.functional.linear
 
     def torch_chain(x, steps):
@@ -205,8 +205,8 @@ def main() -> None:
         'cpu / gpu: both frameworks there',
     )  # fmt: skip
     args = parser.parse_args()
-    train_step.pin_jax_platform(args.device)  # before JAX's first backend use
-    jax_device, torch_device = train_step.select_devices(args.device)
+    devices.pin_jax_platform(args.device)  # before JAX's first backend use
+    jax_device, torch_device = devices.select_devices(args.device)
     torch.set_num_threads(args.threads)
     n_new = 16 if args.quick else 256
     cfg = _model_config(args.quick)
@@ -267,7 +267,7 @@ def main() -> None:
         device=jax.devices()[0].device_kind,
         jax_device=jax_device,
         torch_device=torch_device,
-        **train_step.matmul_precisions(),
+        **devices.matmul_precisions(),
         new_tokens=n_new,
         prompt_tokens=64,
         quick=args.quick,

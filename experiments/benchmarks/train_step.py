@@ -50,6 +50,8 @@ import statistics
 import time
 from typing import Any
 
+from experiments.benchmarks import devices
+
 # The benchmark's own XLA choices (see experiments/benchmarks/README.md for what was measured:
 # no flag tried beat the defaults beyond the noise, so none is set).
 DEFAULT_XLA_FLAGS = ''
@@ -68,7 +70,7 @@ class BenchConfig:
     matmul_size, matmul_repeats: the FLOP/s probe (an n x n @ n x n f32 matmul).
     compile_layers: layer counts whose scanned train step compile time is reported.
     threads: CPU threads for torch (XLA uses every core of the process affinity).
-    device: 'auto', 'cpu' or 'gpu' (see `select_devices`).
+    device: 'auto', 'cpu' or 'gpu' (see `devices.select_devices`).
     """
 
     model: Any
@@ -81,54 +83,6 @@ class BenchConfig:
     compile_layers: tuple[int, ...] = (8, 32)
     threads: int = 1
     device: str = 'auto'
-
-
-def pin_jax_platform(device: str) -> None:
-    """For `--device=cpu`, keeps JAX on CPU even where a GPU backend exists. Must run before
-    JAX's first backend use (as `main()` does); a no-op for 'auto' and 'gpu'."""
-    import jax
-
-    if device == 'cpu':
-        jax.config.update('jax_platforms', 'cpu')
-
-
-def select_devices(device: str = 'auto') -> tuple[str, str]:
-    """(JAX backend, torch device) for `device`, checked against what this process has.
-
-    'auto': torch on 'cuda' iff JAX's default backend is 'gpu' and torch sees CUDA, else on
-    'cpu' (JAX stays on its default backend either way); 'cpu' / 'gpu': both frameworks
-    there, or ValueError naming what is missing.
-    """
-    import jax
-    import torch
-
-    backend, cuda = jax.default_backend(), torch.cuda.is_available()
-    if device == 'auto':
-        return backend, 'cuda' if backend == 'gpu' and cuda else 'cpu'
-    want_backend, torch_device = {'cpu': ('cpu', 'cpu'), 'gpu': ('gpu', 'cuda')}[device]
-    if backend != want_backend or (torch_device == 'cuda' and not cuda):
-        raise ValueError(
-            f'--device={device}: JAX default backend is {backend!r}, torch CUDA available: {cuda}'
-        )
-    return backend, torch_device
-
-
-def torch_sync(torch_device: str):
-    """A callable that waits for torch's queued work on `torch_device` (CUDA runs async)."""
-    import torch
-
-    return torch.cuda.synchronize if torch_device == 'cuda' else lambda: None
-
-
-def matmul_precisions() -> dict[str, str | None]:
-    """The f32 matmul precision each framework is set to (None for JAX = its default)."""
-    import jax
-    import torch
-
-    return {
-        'jax_matmul_precision': jax.config.jax_default_matmul_precision,
-        'torch_matmul_precision': torch.get_float32_matmul_precision(),
-    }
 
 
 def bench_config(
@@ -264,7 +218,7 @@ def _torch_runner(cfg, params, batch, device: str = 'cpu'):
     from codellm_jax.interop import hf_torch
 
     model = hf_torch.llama_for_causal_lm(cfg, params).to(device).train()
-    sync = torch_sync(device)
+    sync = devices.torch_sync(device)
     opt_cfg = _optimizer_config()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and 'embed_tokens' not in n]
     no_decay = [
@@ -330,7 +284,7 @@ def run(bc: BenchConfig) -> dict[str, Any]:
     from codellm_jax.models import decoder
 
     torch.set_num_threads(bc.threads)
-    jax_device, torch_device = select_devices(bc.device)
+    jax_device, torch_device = devices.select_devices(bc.device)
     both_on_cpu = jax_device == 'cpu' and torch_device == 'cpu'
     cfg = bc.model
     res: dict[str, Any] = {
@@ -346,7 +300,7 @@ def run(bc: BenchConfig) -> dict[str, Any]:
         'jax_device': jax_device,
         'jax_device_kind': jax.devices()[0].device_kind,
         'torch_device': torch_device,
-        **matmul_precisions(),
+        **devices.matmul_precisions(),
     }
     res['matmul_flops_per_s'], res['matmul_flops_per_cpu_s'] = matmul_flops_per_s(
         bc.matmul_size, bc.matmul_repeats
@@ -450,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         'cpu / gpu: both frameworks there',
     )  # fmt: skip
     args = parser.parse_args(argv)
-    pin_jax_platform(args.device)
+    devices.pin_jax_platform(args.device)
     flags = DEFAULT_XLA_FLAGS if args.xla_flags is None else args.xla_flags
     # Read by XLA when the CPU backend starts (first use), so this stays in this process.
     os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {flags}'.strip()
