@@ -100,6 +100,14 @@ _SEPARATE = (('attn', 'q'), ('attn', 'k'), ('attn', 'v'), ('attn', 'o'),
              ('mlp', 'gate'), ('mlp', 'up'), ('mlp', 'down'))  # fmt: skip
 
 
+def _layer_kernels(layout, num_layers: int, names) -> list[tuple]:
+    """Per layer, the 'kernel_t' [N, D_in] of each (block, projection) in `names`."""
+    return [
+        tuple(layout[f'{decoder.LAYER_PREFIX}{i}'][a][m]['kernel_t'] for a, m in names)
+        for i in range(num_layers)
+    ]
+
+
 def _matvec_chains(cfg: DecoderConfig, params, rows: int, torch_device: str = 'cpu'):
     """One decoding step's weight matmuls alone, in each framework: (jax fn, torch fn).
 
@@ -117,10 +125,7 @@ def _matvec_chains(cfg: DecoderConfig, params, rows: int, torch_device: str = 'c
     dec = decoder.decode_layout(params, fuse_qkv=fuse)
     names = ((('attn', 'qkv'),) + _SEPARATE[3:]) if fuse else _SEPARATE
     q_rows = cfg.num_heads * cfg.head_dim
-    mats = [
-        tuple(dec[f'{decoder.LAYER_PREFIX}{i}'][a][m]['kernel_t'] for a, m in names)
-        for i in range(cfg.num_layers)
-    ]  # each [N, D_in]; fused: (qkv, o, gate, up, down)
+    mats = _layer_kernels(dec, cfg.num_layers, names)  # fused: (qkv, o, gate, up, down)
     head = params['embed']['embedding'] if cfg.tie_embeddings else dec['lm_head']['kernel_t']
     mm = layers.matmul_weight_lhs
 
@@ -147,15 +152,10 @@ def _matvec_chains(cfg: DecoderConfig, params, rows: int, torch_device: str = 'c
         return jax.lax.fori_loop(0, steps, lambda _, x: jax_step(x, mats, head), x)
 
     # torch.nn.functional.linear takes the weight as [out, in], the same arrays (q, k, v apart).
-    sep = fuse and decoder.decode_layout(params)
+    torch_layout = decoder.decode_layout(params) if fuse else dec
     t_mats = [
-        tuple(
-            torch.from_numpy(
-                np.array((sep or dec)[f'{decoder.LAYER_PREFIX}{i}'][a][m]['kernel_t'])
-            ).to(torch_device)
-            for a, m in _SEPARATE
-        )
-        for i in range(cfg.num_layers)
+        tuple(torch.from_numpy(np.array(w)).to(torch_device) for w in layer)
+        for layer in _layer_kernels(torch_layout, cfg.num_layers, _SEPARATE)
     ]
     t_head = torch.from_numpy(np.array(head)).to(torch_device)
     sync = devices.torch_sync(torch_device)
@@ -199,11 +199,7 @@ def main() -> None:
     parser.add_argument('--quick', action='store_true', help='tiny sizes, for a smoke run')
     parser.add_argument('--repeats', type=int, default=2)
     parser.add_argument('--threads', type=int, default=os.cpu_count())
-    parser.add_argument(
-        '--device', choices=('auto', 'cpu', 'gpu'), default='auto',
-        help="auto: HF on cuda iff JAX's default backend is gpu and torch sees CUDA; "
-        'cpu / gpu: both frameworks there',
-    )  # fmt: skip
+    devices.add_device_flag(parser)
     args = parser.parse_args()
     devices.pin_jax_platform(args.device)  # before JAX's first backend use
     jax_device, torch_device = devices.select_devices(args.device)

@@ -8,6 +8,15 @@ CUDA), 'cpu' or 'gpu' (both frameworks there, or an error naming what is missing
 from __future__ import annotations
 
 
+def add_device_flag(parser) -> None:
+    """`--device auto|cpu|gpu` on an argparse parser (see `select_devices`)."""
+    parser.add_argument(
+        '--device', choices=('auto', 'cpu', 'gpu'), default='auto',
+        help="auto: torch on cuda iff JAX's default backend is gpu and torch sees CUDA; "
+        'cpu / gpu: both frameworks there',
+    )  # fmt: skip
+
+
 def pin_jax_platform(device: str) -> None:
     """For `--device=cpu`, keeps JAX on CPU even where a GPU backend exists. Must run before
     JAX's first backend use (as `main()` does); a no-op for 'auto' and 'gpu'."""

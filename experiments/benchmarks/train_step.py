@@ -398,11 +398,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--rounds', type=int, default=None)
     parser.add_argument('--steps-per-round', type=int, default=None)
     parser.add_argument('--xla_flags', default=None, help=f'default: {DEFAULT_XLA_FLAGS!r}')
-    parser.add_argument(
-        '--device', choices=('auto', 'cpu', 'gpu'), default='auto',
-        help="auto: torch on cuda iff JAX's default backend is gpu and torch sees CUDA; "
-        'cpu / gpu: both frameworks there',
-    )  # fmt: skip
+    devices.add_device_flag(parser)
     args = parser.parse_args(argv)
     devices.pin_jax_platform(args.device)
     flags = DEFAULT_XLA_FLAGS if args.xla_flags is None else args.xla_flags
