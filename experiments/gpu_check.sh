@@ -7,7 +7,13 @@
 # The GPU machine has no network and lacks grain, array-record, ml-collections, cloudpickle and
 # portpicker (imported by codellm_jax.synthetic_data / checkpoint / config and so by the tests):
 # their cp312 wheels travel in .whl/ (git-ignored through .git/info/exclude, so the run must
-# carry it) and are unpacked into /tmp/site. Stages, each under `timeout` and a shared deadline
+# carry it) and are unpacked into /tmp/site. Fetch them here (where pip reaches the registry):
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     -d .whl grain==0.2.18 array-record==0.8.6 ml-collections==1.1.0 cloudpickle==3.1.3 \
+#     portpicker==1.6.0
+# Stages, each under `timeout` and a shared deadline
 # (GPU_CHECK_BUDGET_S, default 560 s, so that a hang in one stage leaves time for the next and
 # the whole run stays under the device tool's 10-minute command limit):
 #   1. environment: nvidia-smi -L, jax / torch versions and devices, the imports the tests need;
